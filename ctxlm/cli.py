@@ -1,0 +1,41 @@
+"""What every stage CLI shares: one-line errors and timing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from ctxlm.errors import CtxlmError
+
+PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="the params file")
+DEBUG_OPTION = typer.Option(False, "--debug", help="show the traceback of an error (or set CTXLM_DEBUG=1)")
+
+
+@contextlib.contextmanager
+def stage_run(name: str, debug: bool):
+    """Time a stage body; a CtxlmError becomes one line on stderr and exit status 1."""
+    start = time.perf_counter()
+    try:
+        yield
+    except CtxlmError as err:
+        if debug or os.environ.get("CTXLM_DEBUG") == "1":
+            raise
+        print(f"ctxlm {name}: error: {err}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        print(f"ctxlm {name}: interrupted; nothing was marked done", file=sys.stderr)
+        raise typer.Exit(130) from None
+    print(f"ctxlm {name}: done in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def elapsed_since(start: float) -> float:
+    return round(time.perf_counter() - start, 2)
+
+
+def make_app() -> typer.Typer:
+    return typer.Typer(add_completion=False, pretty_exceptions_enable=False)

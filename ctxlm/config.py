@@ -1,0 +1,125 @@
+"""The params.yaml schema: every key, its type, range and default, and one clear error per bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ctxlm.errors import CtxlmError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DataParams(_Section):
+    source: str = "shakespeare"
+    """'shakespeare' (offline default), a .txt file or folder, a .jsonl file, or 'hf:<id>[:<split>]'."""
+    val_plays: list[str] = ["hamlet", "macbeth"]
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    max_train_tokens: int = Field(250_000, ge=2)
+    max_val_tokens: int = Field(100_000, ge=2)
+
+
+class EmbeddingParams(_Section):
+    model: str = "minilm"
+    """'minilm' (the offline all-MiniLM-L6-v2), a local model folder, or a Hugging Face id such as 'gpt2'."""
+
+
+class ModelParams(_Section):
+    context_dim: int = Field(512, ge=1, le=65536)
+    num_layers: int = Field(1, ge=1, le=64)
+    num_input_tokens: int = Field(1, ge=1, le=64)
+    token_input_all_layers: bool = True
+    freeze_embedding: bool = True
+    weight_tying: bool = True
+
+
+class Phase1Params(_Section):
+    max_iterations: int = Field(60, ge=1)
+    lr: float = Field(0.002, gt=0.0)
+    context_noise: float = Field(0.1, ge=0.0)
+    centroid_weight: float = Field(0.1, ge=0.0)
+    gradient_clip: float = Field(2.0, gt=0.0)
+    convergence_threshold: float = Field(0.03, gt=0.0)
+    early_stop_convergence: float = Field(0.9, gt=0.0, le=1.0)
+    batch_tokens: int = Field(5000, ge=1)
+    init_std: float = Field(0.1, ge=0.0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+
+class CstarParams(_Section):
+    batch_documents: int = Field(64, ge=1)
+    shard_tokens: int = Field(65536, ge=1)
+
+
+class Phase2Params(_Section):
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(2, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(0.001, gt=0.0)
+    gradient_clip: float = Field(1.0, gt=0.0)
+    precision: Literal["fp32", "bf16"] = "bf16"
+
+
+class EvaluateParams(_Section):
+    rank_rows: int = Field(10_000, ge=2)
+
+
+class Params(_Section):
+    seed: int = Field(0, ge=0)
+    data: DataParams = DataParams()
+    embedding: EmbeddingParams = EmbeddingParams()
+    model: ModelParams = ModelParams()
+    phase1: Phase1Params = Phase1Params()
+    cstar: CstarParams = CstarParams()
+    phase2: Phase2Params = Phase2Params()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _patience_fits(self) -> "Params":
+        if self.phase2.patience > self.phase2.epochs:
+            raise ValueError(
+                f"phase2.patience ({self.phase2.patience}) is larger than phase2.epochs ({self.phase2.epochs})"
+            )
+        return self
+
+
+def _format_error(err: ValidationError, path: Path) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = e["msg"]
+            if "input" in e and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"{path}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CtxlmError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise CtxlmError(_format_error(err, path)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate the whole params file, so a typo anywhere stops the first stage that runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CtxlmError(f"{path}: params file not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CtxlmError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, path)

@@ -1,0 +1,121 @@
+"""Phase 2: the TokenBlock (and head, and E when not frozen) trained on exact C* read from shards."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctxlm.config import Phase2Params
+from ctxlm.cstar import split_windows
+from ctxlm.errors import CtxlmError
+from ctxlm.model import TokenModel
+from ctxlm.runtime import autocast, progress
+from ctxlm.shards import CstarReader, TokenSplit
+
+
+class SplitData:
+    """A split's training examples: position i (C*_i and the id window ending at i) -> target t_{i+1}."""
+
+    def __init__(self, cstar: CstarReader, tokens: TokenSplit, k: int):
+        if len(cstar) != len(tokens):
+            raise CtxlmError(f"C* has {len(cstar)} rows but the token split {len(tokens)} tokens; rerun: dvc repro --force generate_cstar")
+        self.cstar = cstar
+        self.positions = np.flatnonzero(tokens.has_next())  # (M,)
+        ids = torch.from_numpy(np.asarray(tokens.ids, dtype=np.int64))
+        self.windows = split_windows(tokens, k)  # (N, k)
+        self.targets = torch.zeros_like(ids)
+        self.targets[:-1] = ids[1:]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def batch(self, positions: np.ndarray, device: torch.device):
+        """-> (B, L, d_c) C*, (B, k) windows, (B,) targets."""
+        index = torch.from_numpy(positions)
+        contexts = torch.from_numpy(self.cstar.gather(positions))
+        return contexts.to(device), self.windows[index].to(device), self.targets[index].to(device)
+
+
+@torch.no_grad()
+def evaluate_split(model: TokenModel, data: SplitData, device: torch.device, precision: str = "fp32", batch: int = 4096, desc: str = "evaluate") -> tuple[float, float]:
+    """Mean cross-entropy (nats) and argmax accuracy over every position of the split."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    bar = progress(total=len(data), desc=desc, unit="tok", unit_scale=True, leave=False)
+    for start in range(0, len(data), batch):
+        contexts, windows, targets = data.batch(data.positions[start : start + batch], device)
+        with autocast(precision, device):
+            logits = model(contexts, windows)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == targets).sum().item()
+        bar.update(len(targets))
+    bar.close()
+    return loss_sum / len(data), correct / len(data)
+
+
+@dataclass
+class Phase2Result:
+    best_state: dict
+    best_epoch: int
+    epochs_run: int
+    history: list[dict]
+    seconds: float
+
+
+def train_token_model(
+    model: TokenModel, train: SplitData, val: SplitData, params: Phase2Params, device: torch.device, generator: torch.Generator
+) -> Phase2Result:
+    """Adam over shuffled (seeded) batches; validation after every epoch; early stop after
+    `patience` epochs without a better validation loss; returns the best epoch's weights."""
+    start = time.perf_counter()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=params.lr)
+    history: list[dict] = []
+    best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
+    steps_per_epoch = math.ceil(len(train) / params.batch_size)
+    for epoch in range(1, params.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator).numpy()
+        loss_sum = 0.0
+        bar = progress(range(steps_per_epoch), desc=f"phase 2 epoch {epoch}/{params.epochs}", unit="step")
+        for step in bar:
+            positions = train.positions[order[step * params.batch_size : (step + 1) * params.batch_size]]
+            contexts, windows, targets = train.batch(positions, device)
+            with autocast(params.precision, device):
+                logits = model(contexts, windows)
+            loss = F.cross_entropy(logits.float(), targets)
+            if not torch.isfinite(loss):
+                raise CtxlmError(
+                    f"train_token: loss became {loss.item()} at epoch {epoch}, step {step + 1}; "
+                    f"lower phase2.lr (now {params.lr}) or use phase2.precision: fp32"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, params.gradient_clip)
+            optimizer.step()
+            loss_sum += loss.item() * len(targets)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+        train_loss = loss_sum / len(train)
+        val_loss, val_acc = evaluate_split(model, val, device, params.precision, desc="validate")
+        history.append(
+            {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
+             "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_acc": val_acc}
+        )
+        print(f"epoch {epoch}: train ppl {math.exp(train_loss):.1f}, val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}", flush=True)
+        if val_loss < best_loss:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
+        else:
+            stale += 1
+            if stale >= params.patience:
+                break
+    return Phase2Result(best_state, best_epoch, len(history), history, time.perf_counter() - start)

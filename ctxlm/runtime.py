@@ -1,0 +1,40 @@
+"""Device, seeding, precision and progress helpers shared by the training code."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def pick_device() -> torch.device:
+    """CUDA when available; CTXLM_DEVICE=cpu|cuda|cuda:N overrides."""
+    name = os.environ.get("CTXLM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast for the matrix work (fp32 weights, optimizer state and losses stay fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def progress(iterable=None, **kwargs) -> tqdm:
+    """A tqdm bar with rate and ETA; in a log (no terminal) it updates every 30 s instead of live."""
+    interactive = sys.stderr.isatty()
+    kwargs.setdefault("mininterval", 0.5 if interactive else 30.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, file=sys.stderr, **kwargs)

@@ -1,0 +1,244 @@
+"""Files between stages: written atomically with a manifest of sizes and checksums, read verified.
+
+A stage writes its output folder under a temporary name and renames it when complete, so an
+interrupted stage never leaves a folder that looks done. Each folder's manifest.json, written last,
+lists every file with its size and SHA-256; readers check them before trusting anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ctxlm.errors import CtxlmError
+
+MANIFEST = "manifest.json"
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final`; on success it replaces `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, meta: dict) -> None:
+    files = {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    write_json_atomic(folder / MANIFEST, {"meta": meta, "files": files})
+
+
+def read_manifest(folder: Path, regenerate: str) -> dict:
+    """Verify every file of `folder` against its manifest; returns the manifest's meta.
+
+    `regenerate` names the DVC stage that writes the folder, for the error message."""
+    folder = Path(folder)
+    hint = f"rerun it with: dvc repro --force {regenerate}"
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise CtxlmError(f"{folder}: missing or incomplete (no {MANIFEST}); {hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CtxlmError(f"{path}: corrupt manifest; {hint}") from None
+    for name, expected in manifest["files"].items():
+        file = folder / name
+        if not file.is_file():
+            raise CtxlmError(f"{file}: missing; {hint}")
+        if file.stat().st_size != expected["bytes"]:
+            raise CtxlmError(f"{file}: {file.stat().st_size} bytes, expected {expected['bytes']} (truncated?); {hint}")
+        if sha256(file) != expected["sha256"]:
+            raise CtxlmError(f"{file}: checksum mismatch (corrupt); {hint}")
+    return manifest["meta"]
+
+
+# ---- token shards: one flat id array and document offsets per split ----------------------------
+
+
+def save_tokens(folder: Path, split: str, ids: np.ndarray, offsets: np.ndarray) -> None:
+    """ids: (N,) int32, offsets: (D+1,) int64 with document d at ids[offsets[d]:offsets[d+1]]."""
+    np.save(folder / f"{split}_ids.npy", ids.astype(np.int32))
+    np.save(folder / f"{split}_offsets.npy", offsets.astype(np.int64))
+
+
+class TokenSplit:
+    def __init__(self, folder: Path, split: str):
+        self.ids = np.load(Path(folder) / f"{split}_ids.npy", mmap_mode="r")  # (N,)
+        self.offsets = np.load(Path(folder) / f"{split}_offsets.npy")  # (D+1,)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    def doc_starts(self) -> np.ndarray:
+        """(N,) bool: True at each document's first token."""
+        starts = np.zeros(len(self), dtype=bool)
+        starts[self.offsets[:-1]] = True
+        return starts
+
+    def has_next(self) -> np.ndarray:
+        """(N,) bool: True where the next token is in the same document (a training target exists)."""
+        has = np.ones(len(self), dtype=bool)
+        has[self.offsets[1:] - 1] = False
+        return has
+
+
+def load_token_folder(folder: Path) -> tuple[dict, TokenSplit, TokenSplit, torch.Tensor]:
+    meta = read_manifest(folder, "tokenize")
+    embedding = load_file(Path(folder) / "embedding.safetensors")["embedding"]
+    return meta, TokenSplit(folder, "train"), TokenSplit(folder, "val"), embedding
+
+
+def save_embedding(folder: Path, embedding: torch.Tensor) -> None:
+    save_file({"embedding": embedding.contiguous()}, Path(folder) / "embedding.safetensors")
+
+
+# ---- C* shards: (n, L, d_c) arrays of whole documents, in token order ---------------------------
+
+
+class CstarWriter:
+    """Appends C* rows to numbered .npy shards of about `shard_tokens` rows each."""
+
+    def __init__(self, folder: Path, shard_tokens: int):
+        self.folder, self.shard_tokens = Path(folder), shard_tokens
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.shards: list[dict] = []
+
+    def add(self, rows: np.ndarray) -> None:
+        self.pending.append(rows)
+        self.pending_rows += rows.shape[0]
+        if self.pending_rows >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        name = f"shard-{len(self.shards):05d}.npy"
+        np.save(self.folder / name, np.concatenate(self.pending))
+        self.shards.append({"file": name, "rows": self.pending_rows})
+        self.pending, self.pending_rows = [], 0
+
+
+class CstarReader:
+    """The C* of one split as one logical (N, L, d_c) array over memory-mapped shards."""
+
+    def __init__(self, folder: Path):
+        self.meta = read_manifest(folder, "generate_cstar")
+        self.shards = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in self.meta["shards"]]
+        self.starts = np.cumsum([0] + [s.shape[0] for s in self.shards])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self), *self.shards[0].shape[1:])
+
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        """Rows at `index` (any order) -> (len(index), L, d_c) float32."""
+        shard_of = np.searchsorted(self.starts, index, side="right") - 1
+        out = np.empty((len(index), *self.shape[1:]), dtype=np.float32)
+        for s in np.unique(shard_of):
+            mask = shard_of == s
+            local = index[mask] - self.starts[s]
+            order = np.argsort(local)  # sorted reads are kinder to the page cache
+            rows = np.empty((len(local), *self.shape[1:]), dtype=np.float32)
+            rows[order] = self.shards[s][local[order]]
+            out[mask] = rows
+        return out
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        return self.gather(np.arange(start, stop))
+
+
+def write_csv_atomic(path: Path, frame) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+# ---- model weights ------------------------------------------------------------------------------
+
+
+def save_weights(folder: Path, name: str, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, Path(folder) / name, metadata=metadata)
+
+
+def load_weights(folder: Path, name: str, regenerate: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Verified safetensors weights and their metadata."""
+    from safetensors import safe_open
+
+    read_manifest(folder, regenerate)
+    with safe_open(Path(folder) / name, framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
+
+CONTEXT_WEIGHTS = "context_block.safetensors"
+TOKEN_WEIGHTS = "token_model.safetensors"
+
+
+def load_context_block(folder: Path):
+    """data/context -> (ContextBlock in eval mode, its ModelConfig)."""
+    from ctxlm.model import ContextBlock, ModelConfig
+
+    state, metadata = load_weights(folder, CONTEXT_WEIGHTS, "train_context")
+    cfg = ModelConfig.from_metadata(metadata)
+    block = ContextBlock(cfg)
+    block.load_state_dict(state)
+    return block.eval().requires_grad_(False), cfg
+
+
+def load_token_model(folder: Path, embedding: torch.Tensor):
+    """data/token_model -> TokenModel with the best epoch's weights (E from the tokens folder when it was frozen)."""
+    from ctxlm.model import ModelConfig, TokenModel
+
+    state, metadata = load_weights(folder, TOKEN_WEIGHTS, "train_token")
+    cfg = ModelConfig.from_metadata(metadata)
+    model = TokenModel(cfg, embedding, metadata["weight_tying"] == "True", metadata["freeze_embedding"] == "True")
+    state.setdefault("embedding", embedding)
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,64 @@
+"""Validation perplexity and accuracy, effective rank of the validation C*, parameter counts -> metrics/eval.json."""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
+from ctxlm.config import load_params
+from ctxlm.metrics import count, effective_rank
+from ctxlm.phase2 import SplitData, evaluate_split
+from ctxlm.runtime import pick_device
+from ctxlm.shards import CstarReader, load_context_block, load_token_folder, load_token_model, write_json_atomic
+
+app = make_app()
+
+
+@app.command()
+def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
+    with stage_run("evaluate", debug):
+        start = time.perf_counter()
+        params = load_params(params_file)
+        _, _, val_tokens, embedding = load_token_folder(Path("data/tokens"))
+        val_cstar = CstarReader(Path("data/cstar/val"))
+        context_block, cfg = load_context_block(Path("data/context"))
+        model = load_token_model(Path("data/token_model"), embedding)
+        device = pick_device()
+        val_loss, val_acc = evaluate_split(model.to(device), SplitData(val_cstar, val_tokens, cfg.num_input_tokens), device)
+
+        rng = np.random.default_rng(params.seed)
+        rows = np.sort(rng.choice(len(val_cstar), size=min(params.evaluate.rank_rows, len(val_cstar)), replace=False))
+        rank = effective_rank(val_cstar.gather(rows)[:, -1])
+
+        phase2 = json.loads(Path("metrics/train_token.json").read_text())
+        val_ppl = math.exp(val_loss)
+        head = 0 if model.head is None else count(model.head)
+        trainable_phase2 = count(model, trainable_only=True)
+        metrics = {
+            "val_ppl": val_ppl,
+            "val_acc": val_acc,
+            "val_loss": val_loss,
+            "train_ppl": phase2["train_ppl"],
+            "train_val_ppl_ratio": phase2["train_ppl"] / val_ppl,
+            "best_epoch": phase2["best_epoch"],
+            "epochs_run": phase2["epochs_run"],
+            "effective_rank": rank,
+            "effective_rank_ratio": rank / cfg.context_dim,
+            "params_total": count(context_block) + count(model),
+            "params_trainable": count(context_block) + trainable_phase2,
+            "params_trainable_phase1": count(context_block),
+            "params_trainable_phase2": trainable_phase2,
+            "params_embedding": model.embedding.numel(),
+            "params_head": head,
+            "val_tokens": len(val_tokens),
+            "seconds": elapsed_since(start),
+        }
+        write_json_atomic(Path("metrics/eval.json"), metrics)
+        print(f"evaluate: val ppl {val_ppl:.1f}, val acc {val_acc:.2%}, effective rank {rank:.1f} ({rank / cfg.context_dim:.1%})")
+
+
+if __name__ == "__main__":
+    app()

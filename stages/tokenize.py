@@ -1,0 +1,53 @@
+"""Documents -> token shards (ids + document offsets per split) and the embedding matrix E."""
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
+from ctxlm.config import load_params
+from ctxlm.embedding import check_vocab, load_embedding, load_tokenizer, resolve_model_dir
+from ctxlm.errors import CtxlmError
+from ctxlm.shards import atomic_dir, save_embedding, save_tokens, write_json_atomic, write_manifest
+from ctxlm.tokens import tokenize_documents
+
+app = make_app()
+CORPUS = Path("data/corpus/documents.parquet")
+
+
+@app.command()
+def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
+    with stage_run("tokenize", debug):
+        start = time.perf_counter()
+        params = load_params(params_file)
+        if not CORPUS.is_file():
+            raise CtxlmError(f"{CORPUS}: missing; run: dvc repro prepare")
+        documents = pd.read_parquet(CORPUS)
+        model_dir = resolve_model_dir(params.embedding.model)
+        tokenizer = load_tokenizer(model_dir)
+        embedding = load_embedding(model_dir)
+        check_vocab(tokenizer, embedding, model_dir)
+        budgets = {"train": params.data.max_train_tokens, "val": params.data.max_val_tokens}
+        counts = {}
+        with atomic_dir(Path("data/tokens")) as out:
+            for split, budget in budgets.items():
+                texts = documents.loc[documents["split"] == split, "text"].tolist()
+                ids, offsets = tokenize_documents(tokenizer, texts, budget)
+                if len(ids) < 2:
+                    raise CtxlmError(f"data.source '{params.data.source}': the {split} split has {len(ids)} tokens; need at least 2")
+                save_tokens(out, split, ids, offsets)
+                counts[split] = {"tokens": int(len(ids)), "documents": int(len(offsets) - 1)}
+                print(f"tokenize: {split}: {len(ids):,} tokens in {len(offsets) - 1} documents")
+            save_embedding(out, embedding)
+            write_manifest(out, {"embedding_model": params.embedding.model, "vocab_size": embedding.shape[0], "embed_dim": embedding.shape[1], **counts})
+        write_json_atomic(
+            Path("metrics/tokenize.json"),
+            {"train_tokens": counts["train"]["tokens"], "val_tokens": counts["val"]["tokens"],
+             "train_documents": counts["train"]["documents"], "val_documents": counts["val"]["documents"],
+             "seconds": elapsed_since(start)},
+        )
+
+
+if __name__ == "__main__":
+    app()

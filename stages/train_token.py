@@ -1,0 +1,49 @@
+"""Phase 2: train the TokenBlock on (C*, x) with cross-entropy -> data/token_model (best epoch)."""
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
+from ctxlm.config import load_params
+from ctxlm.model import ModelConfig, TokenModel
+from ctxlm.phase2 import SplitData, train_token_model
+from ctxlm.runtime import pick_device, seed_everything
+from ctxlm.shards import TOKEN_WEIGHTS, CstarReader, atomic_dir, load_token_folder, save_weights, write_csv_atomic, write_json_atomic, write_manifest
+
+app = make_app()
+
+
+@app.command()
+def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
+    with stage_run("train_token", debug):
+        start = time.perf_counter()
+        params = load_params(params_file)
+        _, train_tokens, val_tokens, embedding = load_token_folder(Path("data/tokens"))
+        train_cstar, val_cstar = CstarReader(Path("data/cstar/train")), CstarReader(Path("data/cstar/val"))
+        cfg = ModelConfig.from_metadata(train_cstar.meta["config"])
+        train = SplitData(train_cstar, train_tokens, cfg.num_input_tokens)
+        val = SplitData(val_cstar, val_tokens, cfg.num_input_tokens)
+        device = pick_device()
+        generator = seed_everything(params.seed)
+        m = params.model
+        model = TokenModel(cfg, embedding, weight_tying=m.weight_tying, freeze_embedding=m.freeze_embedding).to(device)
+        result = train_token_model(model, train, val, params.phase2, device, generator)
+        state = {k: v for k, v in result.best_state.items() if k != "embedding" or not m.freeze_embedding}
+        metadata = {**cfg.to_metadata(), "weight_tying": str(m.weight_tying), "freeze_embedding": str(m.freeze_embedding)}
+        with atomic_dir(Path("data/token_model")) as out:
+            save_weights(out, TOKEN_WEIGHTS, state, metadata)
+            write_manifest(out, {"config": metadata})
+        best = result.history[result.best_epoch - 1]
+        write_csv_atomic(Path("metrics/train_token_curve.csv"), pd.DataFrame(result.history))
+        write_json_atomic(
+            Path("metrics/train_token.json"),
+            {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_ppl": best["train_ppl"],
+             "val_ppl_at_best_epoch": best["val_ppl"], "phase2_seconds": round(result.seconds, 2),
+             "tokens_per_s": round(len(train) * result.epochs_run / result.seconds), "seconds": elapsed_since(start)},
+        )
+
+
+if __name__ == "__main__":
+    app()

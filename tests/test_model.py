@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from conftest import make_block, make_config
+from ctxlm.cstar import naive_cstar
+from ctxlm.model import ContextBlock, TokenBlock, TokenModel, input_features, token_block_widths, token_windows
+
+
+def test_token_windows_pad_at_document_starts():
+    ids = torch.tensor([5, 6, 7, 8, 9])
+    starts = torch.tensor([True, False, False, True, False])
+    assert token_windows(ids, starts, 3).tolist() == [
+        [-1, -1, 5], [-1, 5, 6], [5, 6, 7], [-1, -1, 8], [-1, 8, 9]
+    ]
+
+
+def test_input_features_normalise_each_slot_and_zero_the_padding():
+    embedding = torch.randn(10, 4) * 3 + 1
+    x = input_features(embedding, torch.tensor([[-1, 2], [3, 4]]))
+    assert x.shape == (2, 8)
+    assert torch.all(x[0, :4] == 0)
+    slot = x[1, 4:]
+    assert slot.mean().abs() < 1e-5 and (slot.var(unbiased=False) - 1).abs() < 1e-3
+
+
+@pytest.mark.parametrize("all_layers", [True, False])
+@pytest.mark.parametrize("k", [1, 3])
+def test_shapes(all_layers, k):
+    cfg = make_config(num_layers=3, num_input_tokens=k, token_input_all_layers=all_layers)
+    block = ContextBlock(cfg)
+    out = block(torch.zeros(5, cfg.context_dim), torch.randn(5, cfg.input_dim))
+    assert out.shape == (5, 3, cfg.context_dim)
+    # token input only at layer 1 when all_layers is off
+    assert [lin.in_features for lin in block.linears] == [cfg.context_dim + cfg.input_dim] + [
+        cfg.context_dim + (cfg.input_dim if all_layers else 0)
+    ] * 2
+    widths = token_block_widths(cfg)
+    assert widths[0] == k * cfg.embed_dim and widths[-1] == cfg.embed_dim
+    hidden = TokenBlock(cfg)(out, torch.randn(5, cfg.input_dim))
+    assert hidden.shape == (5, cfg.embed_dim)
+
+
+@pytest.mark.parametrize("tying", [True, False])
+def test_head(tying):
+    cfg = make_config()
+    embedding = torch.randn(cfg.vocab_size, cfg.embed_dim)
+    model = TokenModel(cfg, embedding, weight_tying=tying, freeze_embedding=True)
+    h = torch.randn(3, cfg.embed_dim)
+    assert model.logits(h).shape == (3, cfg.vocab_size)
+    # an untied head starts as a copy of E; a tied head is E itself
+    torch.testing.assert_close(model.logits(h), h @ embedding.T, rtol=1e-5, atol=1e-5)
+    assert (model.head is None) == tying
+    assert not model.embedding.requires_grad
+
+
+def test_trained_embedding_gets_gradient_through_inputs_and_tied_head():
+    cfg = make_config()
+    model = TokenModel(cfg, torch.randn(cfg.vocab_size, cfg.embed_dim), weight_tying=True, freeze_embedding=False)
+    logits = model(torch.randn(4, cfg.num_layers, cfg.context_dim), torch.tensor([[1], [2], [3], [4]]))
+    logits.sum().backward()
+    assert model.embedding.grad is not None and model.embedding.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_causality(k):
+    """Changing token j never changes C* or logits at positions < j (and does change position j)."""
+    cfg = make_config(num_input_tokens=k)
+    block = make_block(torch.float64, num_input_tokens=k)
+    embedding = torch.randn(cfg.vocab_size, cfg.embed_dim, dtype=torch.float64)
+    model = TokenModel(cfg, embedding, weight_tying=True, freeze_embedding=True).double()
+    ids = torch.randint(0, cfg.vocab_size, (20,))
+    starts = torch.zeros(20, dtype=torch.bool)
+    starts[0] = True
+    j = 11
+    changed = ids.clone()
+    changed[j] = (ids[j] + 1) % cfg.vocab_size
+
+    def run(tokens):
+        windows = token_windows(tokens, starts, k)
+        cstar = naive_cstar(block, input_features(embedding, windows))
+        return cstar, model(cstar, windows)
+
+    c1, l1 = run(ids)
+    c2, l2 = run(changed)
+    assert torch.equal(c1[:j], c2[:j]) and torch.equal(l1[:j], l2[:j])
+    assert not torch.allclose(c1[j], c2[j]) and not torch.allclose(l1[j], l2[j])

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from conftest import make_block
+from ctxlm.config import Phase1Params
+from ctxlm.errors import CtxlmError
+from ctxlm.phase1 import oacd_loss, previous_contexts, train_context_block
+
+
+def test_oacd_loss_by_hand():
+    contexts = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])
+    # centroid (2, 1); deviations (-1,-1), (1,-1), (0,2): squared norm 2 + 2 + 4 = 8
+    expected = -math.sqrt(8) / 3 + 0.1 * (4 + 1)
+    assert oacd_loss(contexts, 0.1).item() == pytest.approx(expected)
+
+
+def test_previous_contexts_reset_at_document_starts_and_are_not_circular():
+    contexts = torch.arange(1.0, 6.0).unsqueeze(1)
+    starts = torch.tensor([True, False, False, True, False])
+    assert previous_contexts(contexts, starts).squeeze(1).tolist() == [0.0, 1.0, 2.0, 0.0, 4.0]
+
+
+def run_phase1(seed: int, x: torch.Tensor, **overrides):
+    torch.manual_seed(seed)
+    block = make_block(torch.float32, num_layers=2)
+    starts = torch.zeros(x.shape[0], dtype=torch.bool)
+    starts[::25] = True
+    params = Phase1Params(**{"max_iterations": 4, "batch_tokens": 30, **overrides})
+    result = train_context_block(block, x, starts, params, torch.Generator().manual_seed(seed))
+    return block, result
+
+
+def test_phase1_trains_and_is_reproducible():
+    x = torch.randn(100, 8)
+    before = make_block(torch.float32, num_layers=2).state_dict()
+    block_a, result_a = run_phase1(1, x)
+    block_b, result_b = run_phase1(1, x)
+    assert result_a.iterations == 4 and 0.0 <= result_a.convergence_rate <= 1.0
+    assert [h["loss"] for h in result_a.history] == [h["loss"] for h in result_b.history]
+    for key, value in block_a.state_dict().items():
+        assert torch.equal(value, block_b.state_dict()[key])
+    assert any(not torch.equal(v, before[k]) for k, v in block_a.state_dict().items())
+
+
+def test_phase1_stops_early_at_the_convergence_target():
+    _, result = run_phase1(0, torch.randn(100, 8), early_stop_convergence=0.01, max_iterations=50, convergence_threshold=10.0)
+    assert result.iterations == 1 and result.convergence_rate == 1.0
+
+
+def test_phase1_stops_on_nan_naming_the_param():
+    x = torch.randn(100, 8)
+    x[42, 3] = float("nan")
+    with pytest.raises(CtxlmError, match="phase1.lr"):
+        run_phase1(0, x)

@@ -1,0 +1,74 @@
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from conftest import make_block, make_token_split
+from ctxlm.config import Phase2Params
+from ctxlm.cstar import generate_split
+from ctxlm.model import TokenModel
+from ctxlm.phase2 import SplitData, evaluate_split, train_token_model
+from ctxlm.shards import CstarReader, CstarWriter, write_manifest
+
+
+def make_split(tmp_path, name, lengths, block, embedding, seed):
+    tokens = make_token_split(tmp_path, lengths, vocab=embedding.shape[0], seed=seed, split=name)
+    folder = tmp_path / name
+    folder.mkdir()
+    writer = CstarWriter(folder, shard_tokens=64)
+    generate_split(block, embedding, tokens, writer, batch_documents=3, desc=name)
+    write_manifest(folder, {"shards": writer.shards})
+    return SplitData(CstarReader(folder), tokens, block.cfg.num_input_tokens)
+
+
+def setup(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    block = make_block(torch.float32, num_input_tokens=2)
+    embedding = torch.randn(50, block.cfg.embed_dim)
+    train = make_split(tmp_path, "train", [40, 90, 25, 60], block, embedding, seed=1)
+    val = make_split(tmp_path, "val", [30, 20], block, embedding, seed=2)
+    return block.cfg, embedding, train, val
+
+
+def test_split_data_targets_stay_inside_documents(tmp_path):
+    _, _, train, _ = setup(tmp_path)
+    assert len(train) == 215 - 4  # the last token of each document predicts nothing
+    _, windows, targets = train.batch(train.positions[:5], torch.device("cpu"))
+    assert windows.shape == (5, 2) and windows[0, 0] == -1
+
+
+def test_evaluate_split_matches_a_direct_computation(tmp_path):
+    cfg, embedding, _, val = setup(tmp_path)
+    model = TokenModel(cfg, embedding, weight_tying=False, freeze_embedding=True)
+    loss, acc = evaluate_split(model, val, torch.device("cpu"), batch=7)
+    contexts, windows, targets = val.batch(val.positions, torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(contexts, windows)
+    assert math.isclose(loss, F.cross_entropy(logits, targets).item(), rel_tol=1e-5)
+    assert acc == (logits.argmax(1) == targets).sum().item() / len(targets)
+
+
+def train(tmp_path, seed, **overrides):
+    cfg, embedding, train_data, val = setup(tmp_path)
+    torch.manual_seed(seed)
+    model = TokenModel(cfg, embedding, weight_tying=True, freeze_embedding=False)
+    params = Phase2Params(**{"epochs": 3, "patience": 3, "batch_size": 32, "lr": 0.01, "precision": "fp32", **overrides})
+    return train_token_model(model, train_data, val, params, torch.device("cpu"), torch.Generator().manual_seed(seed))
+
+
+def test_training_lowers_the_loss_and_is_reproducible(tmp_path):
+    a = train(tmp_path / "a", seed=3)
+    b = train(tmp_path / "b", seed=3)
+    assert a.history == b.history
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
+    assert a.best_epoch == 1 + int(np.argmin([h["val_loss"] for h in a.history]))
+    assert "embedding" in a.best_state
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    result = train(tmp_path, seed=0, epochs=8, patience=1, lr=0.5)
+    losses = [h["val_loss"] for h in result.history]
+    assert result.epochs_run == result.best_epoch + 1 or result.epochs_run == 8
+    assert losses[result.best_epoch - 1] == min(losses)

@@ -1,0 +1,115 @@
+"""End to end: the real DVC pipeline on tiny params in a temporary git repository."""
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "ctxlm"]
+TINY = {
+    "data": {"max_train_tokens": 3000, "max_val_tokens": 1200},
+    "model": {"context_dim": 16},
+    "phase1": {"max_iterations": 3, "batch_tokens": 1000},
+    "phase2": {"epochs": 2, "patience": 1, "batch_size": 256},
+    "evaluate": {"rank_rows": 500},
+}
+QUALITY = ["val_ppl", "val_acc", "train_ppl", "best_epoch", "effective_rank", "params_total", "params_trainable"]
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def write_params(repo: Path, overrides: dict) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(src, repo / name)
+    write_params(repo, TINY)
+    sh(repo, "git", "init", "-q", "-b", "main")
+    sh(repo, "dvc", "init", "-q")
+    return repo
+
+
+@pytest.mark.slow
+def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
+    first = sh(repo, "dvc", "repro")
+    assert ran_stages(first.stdout) == {"prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate"}
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    for key in QUALITY:
+        assert math.isfinite(metrics[key]), key
+    assert 0 < metrics["effective_rank_ratio"] <= 1 and 0 <= metrics["val_acc"] <= 1
+    curve = (repo / "metrics/train_token_curve.csv").read_text().splitlines()
+    assert curve[0].startswith("epoch,") and len(curve) == 1 + metrics["epochs_run"]
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-q", "-m", "baseline")
+
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == set()
+
+    exp = sh(repo, "dvc", "exp", "run", "-S", "model.freeze_embedding=false")
+    assert ran_stages(exp.stdout) == {"train_token", "evaluate"}
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json").stdout)
+    changed = diff["metrics/eval.json"]
+    assert "val_ppl" in changed and changed["params_trainable"]["diff"] == 30522 * 384
+
+    layers = sh(repo, "dvc", "exp", "run", "-S", "model.num_layers=2")
+    assert ran_stages(layers.stdout) == {"train_context", "generate_cstar", "train_token", "evaluate"}
+    shown = sh(repo, "dvc", "exp", "show", "--json").stdout
+    assert "val_ppl" in shown
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics(repo: Path):
+    sh(repo, "dvc", "repro")
+    first = json.loads((repo / "metrics/eval.json").read_text())
+    sh(repo, "dvc", "repro", "--force", "--no-run-cache")
+    second = json.loads((repo / "metrics/eval.json").read_text())
+    assert {k: first[k] for k in QUALITY} == {k: second[k] for k in QUALITY}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model": {"num_layers": 0}}, "model.num_layers: Input should be greater than or equal to 1"),
+        ({"model": {"context_dim": "abc"}}, "model.context_dim: Input should be a valid integer"),
+        ({"data": {"source": "no/such/corpus.txt"}}, "data.source: path 'no/such/corpus.txt' does not exist"),
+        ({"embedding": {"model": "./no-such-model"}}, "embedding.model: folder './no-such-model' does not exist"),
+    ],
+)
+def test_bad_input_stops_with_one_line_and_no_output(repo: Path, overrides, message):
+    write_params(repo, overrides)
+    result = sh(repo, "dvc", "repro", check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (repo / "dvc.lock").exists() or "tokenize" not in (repo / "dvc.lock").read_text()
+    assert not (repo / "data/tokens").exists()
