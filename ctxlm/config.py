@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
@@ -88,12 +89,22 @@ class Params(_Section):
         return self
 
 
+def _suggestion(loc: tuple) -> str:
+    """' (did you mean model.freeze_embedding?)' for a near miss of a known key."""
+    section = Params.model_fields.get(str(loc[0])) if len(loc) > 1 else None
+    known = section.annotation.model_fields if section else Params.model_fields
+    match = difflib.get_close_matches(str(loc[-1]), list(known), n=1)
+    if not match:
+        return ""
+    return f" (did you mean {'.'.join([*map(str, loc[:-1]), match[0]])}?)"
+
+
 def _format_error(err: ValidationError, path: Path) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _suggestion(e["loc"])
         else:
             msg = e["msg"]
             if "input" in e and not isinstance(e["input"], dict):

@@ -35,7 +35,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
                 texts = documents.loc[documents["split"] == split, "text"].tolist()
                 ids, offsets = tokenize_documents(tokenizer, texts, budget)
                 if len(ids) < 2:
-                    raise CtxlmError(f"data.source '{params.data.source}': the {split} split has {len(ids)} tokens; need at least 2")
+                    raise CtxlmError(f"{CORPUS}: the {split} split has {len(ids)} tokens; need at least 2")
                 save_tokens(out, split, ids, offsets)
                 counts[split] = {"tokens": int(len(ids)), "documents": int(len(offsets) - 1)}
                 print(f"tokenize: {split}: {len(ids):,} tokens in {len(offsets) - 1} documents")

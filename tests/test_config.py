@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ def test_repository_params_are_valid_and_complete():
     [
         ({"model": {"num_layers": 0}}, "model.num_layers: Input should be greater than or equal to 1"),
         ({"model": {"context_dim": "abc"}}, "model.context_dim: Input should be a valid integer"),
-        ({"model": {"freeze_embeding": True}}, "model.freeze_embeding: unknown key"),
+        ({"model": {"freeze_embeding": True}}, "model.freeze_embeding: unknown key (did you mean model.freeze_embedding?)"),
+        ({"phase3": {}}, "phase3: unknown key (did you mean phase2?)"),
         ({"model": {"freeze_embedding": "yes"}}, "model.freeze_embedding: Input should be a valid boolean"),
         ({"phase1": {"lr": -1.0}}, "phase1.lr: Input should be greater than 0"),
         ({"phase1": {"early_stop_convergence": 1.5}}, "phase1.early_stop_convergence"),
@@ -35,7 +37,7 @@ def test_repository_params_are_valid_and_complete():
     ],
 )
 def test_bad_params_name_the_key(raw, message):
-    with pytest.raises(CtxlmError, match=message.replace("(", r"\(")):
+    with pytest.raises(CtxlmError, match=re.escape(message)):
         parse_params(raw)
 
 
