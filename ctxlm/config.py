@@ -53,8 +53,8 @@ class Phase1Params(_Section):
 
 
 class CstarParams(_Section):
-    batch_documents: int = Field(64, ge=1)
-    shard_tokens: int = Field(65536, ge=1)
+    shard_tokens: int = Field(262_144, ge=1)
+    """Whole documents go to one shard until it holds this many tokens; a shard's documents are computed side by side."""
 
 
 class Phase2Params(_Section):

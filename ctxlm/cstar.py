@@ -1,12 +1,18 @@
 """C*: the exact ContextBlock recurrence over every token, with the block frozen.
 
 `naive_cstar` is the oracle: one token at a time, batch 1, through the module itself.
-`batched_cstar` computes the same recurrence for many documents at once: the token part of each
-layer (W_x x_i + b) does not depend on the previous context, so it is one big matrix product
-hoisted out of the sequential loop, which is left with a (B, d_c) x (d_c, d_c) product per layer.
+`cstar_into` computes the same recurrence for all documents of a shard side by side:
+- documents are sorted by length, longest first, so the documents still running at step t are a
+  prefix of the batch: the batch shrinks by slicing, with no padding and no masks;
+- the token part of each layer (W_x x_i + b) does not depend on the previous context, so it is
+  hoisted out of the sequential loop: computed once per distinct token id (`hoisting_tables`) and
+  gathered per window of steps, leaving one (B, d_c) x (d_c, d_c) product per layer and step;
+- each window's rows go to their place in token order in the output (a memory-mapped shard).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
@@ -14,7 +20,12 @@ import torch.nn.functional as F
 
 from ctxlm.model import ContextBlock, input_features, token_windows
 from ctxlm.runtime import progress
-from ctxlm.shards import CstarWriter, TokenSplit
+from ctxlm.shards import TokenSplit
+
+HOISTED_ROWS = 1 << 16  # token slots gathered per window of steps (bounds memory)
+# Below this many running documents a step is a few small kernels whose cost is thread start-up:
+# measured on a 2-core VM, one thread ran the narrow steps faster than two.
+WIDE_BATCH = 32
 
 
 @torch.no_grad()
@@ -29,28 +40,92 @@ def naive_cstar(block: ContextBlock, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-@torch.no_grad()
-def batched_cstar(block: ContextBlock, docs_x: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Several documents' (T_b, d_x) inputs -> their (T_b, L, d_c) C*, computed side by side."""
-    lengths = [d.shape[0] for d in docs_x]
-    B, T = len(docs_x), max(lengths)
-    x = docs_x[0].new_zeros(B, T, docs_x[0].shape[1])
-    for b, d in enumerate(docs_x):
-        x[b, : d.shape[0]] = d
-    hoisted = []  # per layer: (B, T, d_c) token part plus bias, or the bias alone
-    recurrent = []  # per layer: (d_c, d_c) context part, transposed for c @ W
+def hoisting_tables(block: ContextBlock, embedding: torch.Tensor, ids: torch.Tensor) -> list[list[torch.Tensor] | None]:
+    """Per layer and input slot j, the token part of W_l x + b for each distinct id: (U, d_c).
+
+    x_i is k normalised embeddings side by side, so W_x x_i = sum_j W_x,j LN(E[t_{i-k+1+j}]): one
+    table row per distinct id replaces a (tokens x d_x x d_c) product. The bias is folded into slot 0;
+    the row of id -1 (padding) is zero apart from it. Layers without token input get None."""
+    k, d_e = block.cfg.num_input_tokens, block.cfg.embed_dim
+    rows = input_features(embedding, ids.unsqueeze(1))  # (U, d_e)
+    tables = []
     for layer in range(block.cfg.num_layers):
-        w_c, w_x, bias = block.split_weights(layer)
-        hoisted.append(x @ w_x.T + bias if w_x is not None else bias.expand(B, T, -1))
-        recurrent.append(w_c.T.contiguous())
-    norms = block.norms
-    out = x.new_empty(B, T, block.cfg.num_layers, block.cfg.context_dim)
-    c = x.new_zeros(B, block.cfg.context_dim)
-    for t in range(T):
-        for layer, norm in enumerate(norms):
-            c = norm(c + F.gelu(c @ recurrent[layer] + hoisted[layer][:, t]))
-            out[:, t, layer] = c
-    return [out[b, :n] for b, n in enumerate(lengths)]
+        _, w_x, bias = block.split_weights(layer)
+        if w_x is None:
+            tables.append(None)
+            continue
+        slots = [rows @ w_x[:, j * d_e : (j + 1) * d_e].T for j in range(k)]
+        slots[0] = slots[0] + bias
+        tables.append(slots)
+    return tables
+
+
+@torch.no_grad()
+def cstar_into(
+    block: ContextBlock,
+    embedding: torch.Tensor,
+    windows: torch.Tensor,
+    offsets: np.ndarray,
+    out: np.ndarray,
+    on_tokens: Callable[[int], None] = lambda n: None,
+) -> None:
+    """Write the C* of documents `offsets` (D+1 token offsets into `windows` and `out`) into
+    `out` (N, L, d_c); `windows` (N, k) are the id windows (model.token_windows) of those tokens."""
+    L, d_c = block.cfg.num_layers, block.cfg.context_dim
+    device = embedding.device
+    ids, slot_rows = torch.unique(windows, return_inverse=True)  # slot_rows: (N, k) rows into the tables
+    tables = hoisting_tables(block, embedding, ids)
+    biases = [block.split_weights(layer)[2] for layer in range(L)]
+    recurrent = [block.split_weights(layer)[0].T.contiguous() for layer in range(L)]  # (d_c, d_c)
+    norms = [(norm.weight, norm.bias, norm.eps) for norm in block.norms]
+    lengths = np.diff(offsets)
+    order = np.argsort(-lengths, kind="stable")
+    starts = torch.from_numpy(offsets[:-1][order])  # (D,) longest document first
+    running = np.sort(lengths)  # ascending, to count the documents still running at step t
+    total = int(lengths.max()) if len(lengths) else 0
+    c = torch.zeros(len(order), d_c, dtype=recurrent[0].dtype, device=device)
+    t0, threads = 0, torch.get_num_threads()
+    while t0 < total:
+        n = len(running) - int(np.searchsorted(running, t0, side="right"))  # documents still running
+        steps = max(1, min(total - t0, HOISTED_ROWS // n))
+        at = t0 + np.arange(steps)
+        width = len(running) - np.searchsorted(running, at, side="right")  # (steps,) running at each step
+        index = (torch.from_numpy(at)[:, None] + starts[None, :n]).clamp(max=len(windows) - 1)  # (steps, n)
+        valid = torch.arange(n)[None, :] < torch.from_numpy(width)[:, None]
+        hoisted = []  # per layer: (steps, n, d_c)
+        for layer in range(L):
+            if tables[layer] is None:
+                hoisted.append(biases[layer].expand(steps, n, d_c))
+            else:
+                rows = slot_rows[index.to(device)]  # (steps, n, k)
+                hoisted.append(sum(table[rows[..., j]] for j, table in enumerate(tables[layer])))
+        rows = []  # per step: (width, L, d_c), in the order of index[valid] (step-major, sorted documents)
+        for s in range(steps):
+            m = int(width[s])
+            c = c[:m]
+            torch.set_num_threads(threads if m >= WIDE_BATCH else 1)
+            layers = []
+            for layer in range(L):
+                weight, bias, eps = norms[layer]
+                update = F.gelu(torch.addmm(hoisted[layer][s, :m], c, recurrent[layer])).add_(c)
+                c = F.layer_norm(update, (d_c,), weight, bias, eps)
+                layers.append(c)
+            rows.append(torch.stack(layers, dim=1))
+        torch.set_num_threads(threads)
+        out[index[valid].numpy()] = torch.cat(rows).cpu().numpy()
+        on_tokens(int(valid.sum()))
+        t0 += steps
+
+
+def batched_cstar(block: ContextBlock, embedding: torch.Tensor, docs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Several documents' (T_b, k) id windows -> their (T_b, L, d_c) C* (through `cstar_into`)."""
+    windows = torch.cat(docs)
+    offsets = np.concatenate([[0], np.cumsum([d.shape[0] for d in docs])])
+    dtype = np.float64 if embedding.dtype == torch.float64 else np.float32
+    out = np.zeros((len(windows), block.cfg.num_layers, block.cfg.context_dim), dtype=dtype)
+    cstar_into(block, embedding, windows, offsets, out)
+    result = torch.from_numpy(out)
+    return [result[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def split_windows(tokens: TokenSplit, k: int) -> torch.Tensor:
@@ -59,23 +134,32 @@ def split_windows(tokens: TokenSplit, k: int) -> torch.Tensor:
     return token_windows(ids, torch.from_numpy(tokens.doc_starts()), k)
 
 
-def generate_split(
-    block: ContextBlock,
-    embedding: torch.Tensor,
-    tokens: TokenSplit,
-    writer: CstarWriter,
-    batch_documents: int,
-    desc: str,
-) -> None:
-    """Write the exact C* of every token of `tokens` to `writer`, in token order (float32)."""
+def shard_ranges(offsets: np.ndarray, shard_tokens: int) -> list[tuple[int, int]]:
+    """Split documents into consecutive groups of whole documents of about `shard_tokens` tokens:
+    [(first_doc, end_doc)]."""
+    ranges, first = [], 0
+    for d in range(1, len(offsets)):
+        if offsets[d] - offsets[first] >= shard_tokens or d == len(offsets) - 1:
+            ranges.append((first, d))
+            first = d
+    return ranges
+
+
+def generate_split(block: ContextBlock, embedding: torch.Tensor, tokens: TokenSplit, folder, shard_tokens: int, desc: str) -> list[dict]:
+    """Write the exact C* of every token of `tokens` as float32 .npy shards in `folder`, in token
+    order; returns the shard list for the manifest."""
     device = next(block.parameters()).device
-    windows = split_windows(tokens, block.cfg.num_input_tokens)
+    windows = split_windows(tokens, block.cfg.num_input_tokens).to(device)
+    L, d_c = block.cfg.num_layers, block.cfg.context_dim
+    shards = []
     bar = progress(total=len(tokens), desc=desc, unit="tok", unit_scale=True)
-    for first in range(0, tokens.num_docs, batch_documents):
-        docs = range(first, min(first + batch_documents, tokens.num_docs))
-        docs_x = [input_features(embedding, windows[tokens.offsets[d] : tokens.offsets[d + 1]].to(device)) for d in docs]
-        for cstar in batched_cstar(block, docs_x):
-            writer.add(cstar.float().cpu().numpy())
-        bar.update(sum(int(tokens.offsets[d + 1] - tokens.offsets[d]) for d in docs))
-    writer.flush()
+    for first, end in shard_ranges(tokens.offsets, shard_tokens):
+        a, b = int(tokens.offsets[first]), int(tokens.offsets[end])
+        name = f"shard-{len(shards):05d}.npy"
+        out = np.lib.format.open_memmap(folder / name, mode="w+", dtype=np.float32, shape=(b - a, L, d_c))
+        cstar_into(block, embedding, windows[a:b], tokens.offsets[first : end + 1] - a, out, bar.update)
+        out.flush()
+        del out
+        shards.append({"file": name, "rows": b - a})
     bar.close()
+    return shards

@@ -137,30 +137,6 @@ def save_embedding(folder: Path, embedding: torch.Tensor) -> None:
 # ---- C* shards: (n, L, d_c) arrays of whole documents, in token order ---------------------------
 
 
-class CstarWriter:
-    """Appends C* rows to numbered .npy shards of about `shard_tokens` rows each."""
-
-    def __init__(self, folder: Path, shard_tokens: int):
-        self.folder, self.shard_tokens = Path(folder), shard_tokens
-        self.pending: list[np.ndarray] = []
-        self.pending_rows = 0
-        self.shards: list[dict] = []
-
-    def add(self, rows: np.ndarray) -> None:
-        self.pending.append(rows)
-        self.pending_rows += rows.shape[0]
-        if self.pending_rows >= self.shard_tokens:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        name = f"shard-{len(self.shards):05d}.npy"
-        np.save(self.folder / name, np.concatenate(self.pending))
-        self.shards.append({"file": name, "rows": self.pending_rows})
-        self.pending, self.pending_rows = [], 0
-
-
 class CstarReader:
     """The C* of one split as one logical (N, L, d_c) array over memory-mapped shards."""
 

@@ -8,7 +8,7 @@ from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stag
 from ctxlm.config import load_params
 from ctxlm.cstar import generate_split
 from ctxlm.runtime import pick_device
-from ctxlm.shards import CstarWriter, atomic_dir, load_context_block, load_token_folder, write_json_atomic, write_manifest
+from ctxlm.shards import atomic_dir, load_context_block, load_token_folder, write_json_atomic, write_manifest
 
 app = make_app()
 
@@ -27,9 +27,8 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             for split, tokens in (("train", train), ("val", val)):
                 split_start = time.perf_counter()
                 (out / split).mkdir()
-                writer = CstarWriter(out / split, params.cstar.shard_tokens)
-                generate_split(block, embedding, tokens, writer, params.cstar.batch_documents, desc=f"C* {split}")
-                write_manifest(out / split, {"config": cfg.to_metadata(), "rows": len(tokens), "dtype": "float32", "shards": writer.shards})
+                shards = generate_split(block, embedding, tokens, out / split, params.cstar.shard_tokens, desc=f"C* {split}")
+                write_manifest(out / split, {"config": cfg.to_metadata(), "rows": len(tokens), "dtype": "float32", "shards": shards})
                 rates[f"{split}_tokens_per_s"] = round(len(tokens) / (time.perf_counter() - split_start))
         print(f"generate_cstar: {rates}")
         write_json_atomic(

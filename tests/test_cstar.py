@@ -3,34 +3,61 @@ import pytest
 import torch
 
 from conftest import make_block, make_token_split
-from ctxlm.cstar import batched_cstar, generate_split, naive_cstar, split_windows
-from ctxlm.model import input_features
-from ctxlm.shards import CstarReader, CstarWriter, write_manifest
+from ctxlm.cstar import batched_cstar, generate_split, naive_cstar, shard_ranges, split_windows
+from ctxlm.model import input_features, token_windows
+from ctxlm.shards import CstarReader, write_manifest
+
+
+def random_docs(block, lengths, dtype):
+    """An embedding and each document's (T, k) id windows."""
+    embedding = torch.randn(50, block.cfg.embed_dim, dtype=dtype)
+    docs = []
+    for n in lengths:
+        starts = torch.zeros(n, dtype=torch.bool)
+        starts[0] = True
+        docs.append(token_windows(torch.randint(0, 50, (n,)), starts, block.cfg.num_input_tokens))
+    return embedding, docs
+
+
+def max_diff_to_naive(block, lengths, dtype) -> float:
+    embedding, docs = random_docs(block, lengths, dtype)
+    worst = 0.0
+    for fast, doc in zip(batched_cstar(block, embedding, docs), docs):
+        assert fast.shape == (doc.shape[0], block.cfg.num_layers, block.cfg.context_dim)
+        worst = max(worst, (fast - naive_cstar(block, input_features(embedding, doc))).abs().max().item())
+    return worst
 
 
 @pytest.mark.parametrize("all_layers", [True, False])
 @pytest.mark.parametrize("k", [1, 3])
 def test_batched_equals_naive_in_float64(all_layers, k):
     block = make_block(torch.float64, num_layers=3, num_input_tokens=k, token_input_all_layers=all_layers)
-    docs = [torch.randn(n, block.cfg.input_dim, dtype=torch.float64) for n in (1, 17, 5, 40)]
-    for fast, doc in zip(batched_cstar(block, docs), docs):
-        assert fast.shape == (doc.shape[0], 3, block.cfg.context_dim)
-        assert (fast - naive_cstar(block, doc)).abs().max() < 1e-9
+    assert max_diff_to_naive(block, (1, 17, 5, 40), torch.float64) < 1e-9
+
+
+def test_long_documents_and_many_short_ones_together(monkeypatch):
+    """The batch shrinks as documents end and the hoisting window adapts to the batch width."""
+    monkeypatch.setattr("ctxlm.cstar.HOISTED_ROWS", 50)
+    block = make_block(torch.float64, num_layers=2, num_input_tokens=2)
+    assert max_diff_to_naive(block, [3] * 30 + [200, 1, 77], torch.float64) < 1e-9
+
+
+def test_shard_ranges_keep_documents_whole():
+    offsets = np.array([0, 5, 30, 31, 60, 61])
+    assert shard_ranges(offsets, 20) == [(0, 2), (2, 4), (4, 5)]
+    assert shard_ranges(offsets, 1000) == [(0, 5)]
 
 
 def test_batched_equals_naive_in_float32_up_to_512_tokens():
     block = make_block(torch.float32, num_layers=1, context_dim=64)
-    docs = [torch.randn(n, block.cfg.input_dim) for n in (512, 300, 3)]
-    for fast, doc in zip(batched_cstar(block, docs), docs):
-        assert (fast - naive_cstar(block, doc)).abs().max() < 1e-4
+    assert max_diff_to_naive(block, (512, 300, 3), torch.float32) < 1e-4
 
 
 def test_context_resets_at_each_document_start():
     block = make_block(torch.float64)
-    doc = torch.randn(6, block.cfg.input_dim, dtype=torch.float64)
-    other = torch.randn(9, block.cfg.input_dim, dtype=torch.float64)
-    alone = batched_cstar(block, [doc])[0]
-    beside = batched_cstar(block, [other, doc])[1]
+    embedding, (doc, other) = random_docs(block, (6, 9), torch.float64)
+    alone = batched_cstar(block, embedding, [doc])[0]
+    beside = batched_cstar(block, embedding, [other, doc])[1]
     assert (alone - beside).abs().max() < 1e-12  # equal up to the batch's GEMM rounding
 
 
@@ -40,9 +67,8 @@ def test_generate_split_writes_shards_in_token_order(tmp_path):
     embedding = torch.randn(50, block.cfg.embed_dim)
     out = tmp_path / "cstar"
     out.mkdir()
-    writer = CstarWriter(out, shard_tokens=20)
-    generate_split(block, embedding, tokens, writer, batch_documents=2, desc="test")
-    write_manifest(out, {"shards": writer.shards})
+    shards = generate_split(block, embedding, tokens, out, shard_tokens=20, desc="test")
+    write_manifest(out, {"shards": shards})
     reader = CstarReader(out)
     assert len(reader.shards) > 1 and reader.shape == (75, 2, 12)
     x = input_features(embedding, split_windows(tokens, 2))

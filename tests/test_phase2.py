@@ -9,16 +9,15 @@ from ctxlm.config import Phase2Params
 from ctxlm.cstar import generate_split
 from ctxlm.model import TokenModel
 from ctxlm.phase2 import SplitData, evaluate_split, train_token_model
-from ctxlm.shards import CstarReader, CstarWriter, write_manifest
+from ctxlm.shards import CstarReader, write_manifest
 
 
 def make_split(tmp_path, name, lengths, block, embedding, seed):
     tokens = make_token_split(tmp_path, lengths, vocab=embedding.shape[0], seed=seed, split=name)
     folder = tmp_path / name
     folder.mkdir()
-    writer = CstarWriter(folder, shard_tokens=64)
-    generate_split(block, embedding, tokens, writer, batch_documents=3, desc=name)
-    write_manifest(folder, {"shards": writer.shards})
+    shards = generate_split(block, embedding, tokens, folder, shard_tokens=64, desc=name)
+    write_manifest(folder, {"shards": shards})
     return SplitData(CstarReader(folder), tokens, block.cfg.num_input_tokens)
 
 
