@@ -1,0 +1,59 @@
+"""Shared set-up for the benchmarks: offline default tokens, a ContextBlock, C* shards in a temp folder."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ctxlm.config import DataParams
+from ctxlm.cstar import generate_split
+from ctxlm.embedding import load_embedding, load_tokenizer, resolve_model_dir
+from ctxlm.model import ContextBlock, ModelConfig
+from ctxlm.shards import CstarReader, TokenSplit, load_context_block, save_tokens, write_manifest
+from ctxlm.sources import load_documents
+from ctxlm.tokens import tokenize_documents
+
+
+def offline_tokens(folder: Path, train_tokens: int, val_tokens: int) -> tuple[TokenSplit, TokenSplit, torch.Tensor]:
+    """The first tokens of the offline default corpus (Shakespeare, MiniLM), saved as token shards."""
+    model_dir = resolve_model_dir("minilm")
+    tokenizer = load_tokenizer(model_dir)
+    documents = load_documents(DataParams(), seed=0)
+    for split, budget in (("train", train_tokens), ("val", val_tokens)):
+        ids, offsets = tokenize_documents(tokenizer, documents.loc[documents.split == split, "text"].tolist(), budget)
+        save_tokens(folder, split, ids, offsets)
+    return TokenSplit(folder, "train"), TokenSplit(folder, "val"), load_embedding(model_dir)
+
+
+def context_block(embedding: torch.Tensor) -> tuple[ContextBlock, str]:
+    """The trained block from data/context when present, else a seeded random one at default size."""
+    if Path("data/context/manifest.json").is_file():
+        return load_context_block(Path("data/context"))[0], "trained (data/context)"
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=embedding.shape[0], embed_dim=embedding.shape[1])
+    return ContextBlock(cfg).eval().requires_grad_(False), "random (run dvc repro for trained weights)"
+
+
+def cstar_shards(folder: Path, block: ContextBlock, embedding: torch.Tensor, tokens: TokenSplit, split: str) -> CstarReader:
+    out = folder / split
+    out.mkdir()
+    shards = generate_split(block, embedding, tokens, out, shard_tokens=1 << 18, desc=f"C* {split}")
+    write_manifest(out, {"config": block.cfg.to_metadata(), "shards": shards})
+    return CstarReader(out)
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ctxlm-bench-"))
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
