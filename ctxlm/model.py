@@ -146,11 +146,16 @@ class TokenModel(nn.Module):
         """(B, L, d_c) C*, (B, k) id windows -> (B, d_e)."""
         return self.token_block(contexts, input_features(self.embedding, windows))
 
+    def head_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output layer as (weight (V, d_e), bias (V,) or None): E itself when tied."""
+        if self.head is None:
+            return self.embedding, None
+        return self.head.weight, self.head.bias
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, d_e) -> (B, V)."""
-        if self.head is None:
-            return hidden @ self.embedding.T
-        return self.head(hidden)
+        weight, bias = self.head_parameters()
+        return F.linear(hidden, weight, bias)
 
     def forward(self, contexts: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         return self.logits(self.hidden(contexts, windows))

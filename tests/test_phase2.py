@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -8,7 +9,7 @@ from conftest import make_block, make_token_split
 from ctxlm.config import Phase2Params
 from ctxlm.cstar import generate_split
 from ctxlm.model import TokenModel
-from ctxlm.phase2 import SplitData, evaluate_split, train_token_model
+from ctxlm.phase2 import SplitData, evaluate_split, train_token_model, training_loss
 from ctxlm.shards import CstarReader, write_manifest
 
 
@@ -71,3 +72,26 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     losses = [h["val_loss"] for h in result.history]
     assert result.epochs_run == result.best_epoch + 1 or result.epochs_run == 8
     assert losses[result.best_epoch - 1] == min(losses)
+
+
+@pytest.mark.parametrize("tying", [True, False])
+@pytest.mark.parametrize("freeze", [True, False])
+def test_chunked_loss_matches_plain_cross_entropy(tmp_path, tying, freeze):
+    """Loss and every gradient equal those of F.cross_entropy on the full logits (fp32)."""
+    cfg, embedding, train_data, _ = setup(tmp_path)
+    contexts, windows, targets = train_data.batch(train_data.positions[:37], torch.device("cpu"))
+    grads = []
+    for chunked in (False, True):
+        torch.manual_seed(0)
+        model = TokenModel(cfg, embedding, weight_tying=tying, freeze_embedding=freeze)
+        if chunked:
+            loss = training_loss(model, contexts, windows, targets, "fp32", torch.device("cpu"), chunk=8)
+        else:
+            loss = F.cross_entropy(model(contexts, windows), targets)
+        loss.backward()
+        grads.append((loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}))
+    (plain_loss, plain), (chunked_loss, chunked) = grads
+    assert chunked_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert plain.keys() == chunked.keys() and ("embedding" in plain) == (not freeze)
+    for key in plain:
+        torch.testing.assert_close(chunked[key], plain[key], rtol=1e-4, atol=1e-6)
