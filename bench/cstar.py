@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import typer
 
-from ctxlm.config import DataParams
-from ctxlm.cstar import batched_cstar, cstar_into, naive_cstar
-from ctxlm.embedding import load_embedding, load_tokenizer, resolve_model_dir
-from ctxlm.model import ContextBlock, ModelConfig, input_features, token_windows
-from ctxlm.shards import load_context_block
-from ctxlm.sources import load_documents
-from ctxlm.tokens import tokenize_documents
+from bench.common import context_block, offline_tokens, workdir
+from ctxlm.cstar import batched_cstar, cstar_into, naive_cstar, split_windows
+from ctxlm.model import input_features
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -38,27 +33,14 @@ def gemm_rate(m: int, k: int, n: int, repeats: int = 20) -> float:
     return 2 * m * k * n * repeats / (time.perf_counter() - start)
 
 
-def windows_of(ids: np.ndarray, offsets: np.ndarray, k: int) -> torch.Tensor:
-    starts = np.zeros(len(ids), dtype=bool)
-    starts[offsets[:-1]] = True
-    return token_windows(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(starts), k)
-
-
 @app.command()
 def main(tokens: int = 250_000, naive_tokens: int = 4_000) -> None:
     torch.manual_seed(0)
-    model_dir = resolve_model_dir("minilm")
-    embedding = load_embedding(model_dir)
-    documents = load_documents(DataParams(), seed=0)
-    ids, offsets = tokenize_documents(load_tokenizer(model_dir), documents.loc[documents.split == "train", "text"].tolist(), tokens)
-    if Path("data/context/manifest.json").is_file():
-        block, cfg = load_context_block(Path("data/context"))
-        weights = "trained (data/context)"
-    else:
-        cfg = ModelConfig(vocab_size=embedding.shape[0], embed_dim=embedding.shape[1])
-        block = ContextBlock(cfg).eval().requires_grad_(False)
-        weights = "random (run dvc repro for trained weights)"
-    windows = windows_of(ids, offsets, cfg.num_input_tokens)
+    train, _, embedding = offline_tokens(workdir(), tokens, 2)
+    ids, offsets = np.asarray(train.ids), train.offsets
+    block, weights = context_block(embedding)
+    cfg = block.cfg
+    windows = split_windows(train, cfg.num_input_tokens)
     x = input_features(embedding, windows)
 
     # baseline: the first naive_tokens tokens, one at a time
