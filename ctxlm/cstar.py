@@ -75,8 +75,9 @@ def cstar_into(
     device = embedding.device
     ids, slot_rows = torch.unique(windows, return_inverse=True)  # slot_rows: (N, k) rows into the tables
     tables = hoisting_tables(block, embedding, ids)
-    biases = [block.split_weights(layer)[2] for layer in range(L)]
-    recurrent = [block.split_weights(layer)[0].T.contiguous() for layer in range(L)]  # (d_c, d_c)
+    weights = [block.split_weights(layer) for layer in range(L)]
+    biases = [bias for _, _, bias in weights]
+    recurrent = [w_c.T.contiguous() for w_c, _, _ in weights]  # (d_c, d_c)
     norms = [(norm.weight, norm.bias, norm.eps) for norm in block.norms]
     lengths = np.diff(offsets)
     order = np.argsort(-lengths, kind="stable")
@@ -92,13 +93,13 @@ def cstar_into(
         width = len(running) - np.searchsorted(running, at, side="right")  # (steps,) running at each step
         index = (torch.from_numpy(at)[:, None] + starts[None, :n]).clamp(max=len(windows) - 1)  # (steps, n)
         valid = torch.arange(n)[None, :] < torch.from_numpy(width)[:, None]
+        slots = slot_rows[index.to(device)]  # (steps, n, k) rows into the tables
         hoisted = []  # per layer: (steps, n, d_c)
         for layer in range(L):
             if tables[layer] is None:
                 hoisted.append(biases[layer].expand(steps, n, d_c))
             else:
-                rows = slot_rows[index.to(device)]  # (steps, n, k)
-                hoisted.append(sum(table[rows[..., j]] for j, table in enumerate(tables[layer])))
+                hoisted.append(sum(table[slots[..., j]] for j, table in enumerate(tables[layer])))
         rows = []  # per step: (width, L, d_c), in the order of index[valid] (step-major, sorted documents)
         for s in range(steps):
             m = int(width[s])

@@ -56,7 +56,7 @@ def token_windows(ids: torch.Tensor, doc_starts: torch.Tensor, k: int) -> torch.
 def input_features(embedding: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
     """x_i: (..., k) id windows -> (..., k*d_e), each slot LayerNorm(E[t]) (no affine), -1 -> zeros."""
     valid = windows >= 0
-    emb = embedding[windows.clamp(min=0)]  # (N, k, d_e)
+    emb = embedding[windows.clamp(min=0)]  # (..., k, d_e)
     x = F.layer_norm(emb, emb.shape[-1:]) * valid.unsqueeze(-1).to(emb.dtype)
     return x.flatten(-2)
 

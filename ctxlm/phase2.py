@@ -35,12 +35,13 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden, dtype=torch.float32)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None
+        b = None if bias is None else bias.detach().float()
         total = hidden.new_zeros((), dtype=torch.float32)
         for a in range(0, n, chunk):
             rows = slice(a, a + chunk)
             logits = (h[rows] @ w.T).float()
-            if bias is not None:
-                logits += bias.detach().float()
+            if b is not None:
+                logits += b
             lse = torch.logsumexp(logits, dim=1)
             target = targets[rows]
             total += (lse - logits.gather(1, target[:, None])[:, 0]).sum()
