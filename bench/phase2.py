@@ -17,7 +17,7 @@ import typer
 from bench.common import Timer, cstar_shards, context_block, offline_tokens, workdir
 from ctxlm.config import Phase2Params
 from ctxlm.model import TokenModel
-from ctxlm.phase2 import SplitData, evaluate_split, train_token_model
+from ctxlm.phase2 import SplitData, block_shuffled_order, evaluate_split, train_token_model
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 CPU = torch.device("cpu")
@@ -49,7 +49,7 @@ def main(steps: int = 60, val_tokens: int = 20_000, batch: int = 512) -> None:
     tiny_val.positions = val.positions[:batch]  # ctxlm validates every epoch: keep that out of the timing
     train.positions = train.positions[: steps * batch]
     params = Phase2Params(epochs=1, patience=1, batch_size=batch, precision="bf16")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).numpy()
+    order = block_shuffled_order(len(train), torch.Generator().manual_seed(0))  # the order ctxlm's seeded epoch follows
 
     torch.manual_seed(0)
     baseline = TokenModel(block.cfg, embedding, weight_tying=True, freeze_embedding=True)

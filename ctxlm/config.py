@@ -55,6 +55,8 @@ class Phase1Params(_Section):
 class CstarParams(_Section):
     shard_tokens: int = Field(262_144, ge=1)
     """Whole documents go to one shard until it holds this many tokens; a shard's documents are computed side by side."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """How C* is stored: computed in fp32 either way; half precision halves the shards' size and reads."""
 
 
 class Phase2Params(_Section):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ctxlm.model import ContextBlock, input_features, token_windows
 from ctxlm.runtime import progress
-from ctxlm.shards import TokenSplit
+from ctxlm.shards import CSTAR_STORAGE, TokenSplit, encode_cstar
 
 HOISTED_ROWS = 1 << 16  # token slots gathered per window of steps (bounds memory)
 # Below this many running documents a step is a few small kernels whose cost is thread start-up:
@@ -113,7 +113,7 @@ def cstar_into(
                 layers.append(c)
             rows.append(torch.stack(layers, dim=1))
         torch.set_num_threads(threads)
-        out[index[valid].numpy()] = torch.cat(rows).cpu().numpy()
+        out[index[valid].numpy()] = encode_cstar(torch.cat(rows), out.dtype)
         on_tokens(int(valid.sum()))
         t0 += steps
 
@@ -146,9 +146,11 @@ def shard_ranges(offsets: np.ndarray, shard_tokens: int) -> list[tuple[int, int]
     return ranges
 
 
-def generate_split(block: ContextBlock, embedding: torch.Tensor, tokens: TokenSplit, folder, shard_tokens: int, desc: str) -> list[dict]:
-    """Write the exact C* of every token of `tokens` as float32 .npy shards in `folder`, in token
-    order; returns the shard list for the manifest."""
+def generate_split(
+    block: ContextBlock, embedding: torch.Tensor, tokens: TokenSplit, folder, shard_tokens: int, desc: str, dtype: str = "float32"
+) -> list[dict]:
+    """Write the exact C* of every token of `tokens` as .npy shards in `folder`, in token order,
+    stored as `dtype` (computed in fp32, rounded once when stored); returns the shard list for the manifest."""
     device = next(block.parameters()).device
     windows = split_windows(tokens, block.cfg.num_input_tokens).to(device)
     L, d_c = block.cfg.num_layers, block.cfg.context_dim
@@ -157,7 +159,7 @@ def generate_split(block: ContextBlock, embedding: torch.Tensor, tokens: TokenSp
     for first, end in shard_ranges(tokens.offsets, shard_tokens):
         a, b = int(tokens.offsets[first]), int(tokens.offsets[end])
         name = f"shard-{len(shards):05d}.npy"
-        out = np.lib.format.open_memmap(folder / name, mode="w+", dtype=np.float32, shape=(b - a, L, d_c))
+        out = np.lib.format.open_memmap(folder / name, mode="w+", dtype=CSTAR_STORAGE[dtype], shape=(b - a, L, d_c))
         cstar_into(block, embedding, windows[a:b], tokens.offsets[first : end + 1] - a, out, bar.update)
         out.flush()
         del out

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
-def effective_rank(rows: np.ndarray) -> float:
+def effective_rank(rows: torch.Tensor) -> float:
     """exp(entropy(s / sum s)) over the singular values s of the (n, d) matrix `rows`."""
-    s = torch.linalg.svdvals(torch.from_numpy(np.asarray(rows, dtype=np.float64)))
+    s = torch.linalg.svdvals(torch.as_tensor(rows).double())
     p = s / s.sum()
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))

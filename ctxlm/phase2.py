@@ -15,8 +15,8 @@ from ctxlm.config import Phase2Params
 from ctxlm.cstar import split_windows
 from ctxlm.errors import CtxlmError
 from ctxlm.model import TokenModel
-from ctxlm.runtime import autocast, progress
-from ctxlm.shards import CstarReader, TokenSplit
+from ctxlm.runtime import autocast, progress, release_free_memory
+from ctxlm.shards import CstarReader, TokenSplit, decode_cstar
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -72,6 +72,26 @@ def training_loss(model: TokenModel, contexts, windows, targets, precision: str,
     return ChunkedLinearCrossEntropy.apply(hidden.float(), weight, bias, targets, dtype, chunk)
 
 
+# An epoch's order is random at two scales so that C* can be read in bounded memory (see
+# block_shuffled_order); LOAD_BYTES of stored C* are read at a time.
+SHUFFLE_BLOCK = 2048
+SHUFFLE_ROWS = 1 << 15
+LOAD_BYTES = 32 << 20
+
+
+def block_shuffled_order(n: int, generator: torch.Generator) -> np.ndarray:
+    """A seeded permutation of range(n): blocks of SHUFFLE_BLOCK consecutive items in random order,
+    then every SHUFFLE_ROWS items shuffled among themselves. A batch so mixes 16 random places of
+    the corpus, while a reader needs the rows of one such group at a time, not the whole split."""
+    blocks = torch.randperm(-(-n // SHUFFLE_BLOCK), generator=generator).numpy()
+    order = (blocks[:, None] * SHUFFLE_BLOCK + np.arange(SHUFFLE_BLOCK)).reshape(-1)
+    order = order[order < n]
+    for a in range(0, n, SHUFFLE_ROWS):
+        group = order[a : a + SHUFFLE_ROWS]
+        order[a : a + SHUFFLE_ROWS] = group[torch.randperm(len(group), generator=generator).numpy()]
+    return order
+
+
 class SplitData:
     """A split's training examples: position i (C*_i and the id window ending at i) -> target t_{i+1}."""
 
@@ -79,20 +99,36 @@ class SplitData:
         if len(cstar) != len(tokens):
             raise CtxlmError(f"C* has {len(cstar)} rows but the token split {len(tokens)} tokens; rerun: dvc repro --force generate_cstar")
         self.cstar = cstar
-        self.positions = np.flatnonzero(tokens.has_next())  # (M,)
-        ids = torch.from_numpy(np.asarray(tokens.ids, dtype=np.int64))
-        self.windows = split_windows(tokens, k)  # (N, k)
-        self.targets = torch.zeros_like(ids)
-        self.targets[:-1] = ids[1:]
+        # int32 per token: these are the only arrays that grow with the corpus (C* is read as needed)
+        self.positions = np.flatnonzero(tokens.has_next()).astype(np.int32)  # (M,)
+        self.windows = split_windows(tokens, k).int()  # (N, k)
+        self.targets = torch.zeros(len(tokens), dtype=torch.int32)
+        self.targets[:-1] = torch.from_numpy(np.array(tokens.ids[1:], dtype=np.int32))
 
     def __len__(self) -> int:
         return len(self.positions)
 
+    def _examples(self, positions: np.ndarray, contexts: torch.Tensor, device: torch.device):
+        index = torch.from_numpy(positions).long()
+        return contexts.to(device), self.windows[index].long().to(device), self.targets[index].long().to(device)
+
     def batch(self, positions: np.ndarray, device: torch.device):
         """-> (B, L, d_c) C*, (B, k) windows, (B,) targets."""
-        index = torch.from_numpy(positions)
-        contexts = torch.from_numpy(self.cstar.gather(positions))
-        return contexts.to(device), self.windows[index].to(device), self.targets[index].to(device)
+        return self._examples(positions, self.cstar.gather(positions), device)
+
+    def batches(self, order: np.ndarray, batch_size: int, device: torch.device):
+        """The batches of consecutive `batch_size` examples of `order` (indices into positions).
+        C* is read about LOAD_BYTES at a time, in file order, and decoded a batch at a time."""
+        load = batch_size * max(1, LOAD_BYTES // (self.cstar.row_bytes * batch_size))
+        for a in range(0, len(order), load):
+            positions = self.positions[order[a : a + load]]
+            ordered, where = np.unique(positions, return_inverse=True)
+            stored = self.cstar.read(ordered)
+            for b in range(0, len(positions), batch_size):
+                rows = where[b : b + batch_size]
+                yield self._examples(positions[b : b + batch_size], decode_cstar(stored[rows]), device)
+            del stored
+            release_free_memory()
 
 
 @torch.no_grad()
@@ -101,8 +137,7 @@ def evaluate_split(model: TokenModel, data: SplitData, device: torch.device, pre
     model.eval()
     loss_sum, correct = 0.0, 0
     bar = progress(total=len(data), desc=desc, unit="tok", unit_scale=True, leave=False)
-    for start in range(0, len(data), batch):
-        contexts, windows, targets = data.batch(data.positions[start : start + batch], device)
+    for contexts, windows, targets in data.batches(np.arange(len(data)), batch, device):
         with autocast(precision, device):
             logits = model(contexts, windows)
         logits = logits.float()
@@ -135,12 +170,10 @@ def train_token_model(
     steps_per_epoch = math.ceil(len(train) / params.batch_size)
     for epoch in range(1, params.epochs + 1):
         model.train()
-        order = torch.randperm(len(train), generator=generator).numpy()
+        order = block_shuffled_order(len(train), generator)
         loss_sum = 0.0
-        bar = progress(range(steps_per_epoch), desc=f"phase 2 epoch {epoch}/{params.epochs}", unit="step")
-        for step in bar:
-            positions = train.positions[order[step * params.batch_size : (step + 1) * params.batch_size]]
-            contexts, windows, targets = train.batch(positions, device)
+        bar = progress(total=steps_per_epoch, desc=f"phase 2 epoch {epoch}/{params.epochs}", unit="step")
+        for step, (contexts, windows, targets) in enumerate(train.batches(order, params.batch_size, device)):
             loss = training_loss(model, contexts, windows, targets, params.precision, device)
             if not torch.isfinite(loss):
                 raise CtxlmError(
@@ -154,6 +187,7 @@ def train_token_model(
             loss_sum += loss.item() * len(targets)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.update()
         bar.close()
         train_loss = loss_sum / len(train)
         val_loss, val_acc = evaluate_split(model, val, device, params.precision, desc="validate")

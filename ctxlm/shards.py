@@ -136,37 +136,96 @@ def save_embedding(folder: Path, embedding: torch.Tensor) -> None:
 
 # ---- C* shards: (n, L, d_c) arrays of whole documents, in token order ---------------------------
 
+# How C* rows are stored (params.yaml cstar.dtype). numpy has no bfloat16: its raw bits go in uint16.
+CSTAR_STORAGE = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}
+
+
+def encode_cstar(rows: torch.Tensor, storage: np.dtype) -> np.ndarray:
+    """Rows to assign into a shard of dtype `storage` (float32/float64 cast by numpy on assignment)."""
+    if storage == np.uint16:
+        return rows.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+    return rows.cpu().numpy()
+
+
+def decode_cstar(rows: np.ndarray) -> torch.Tensor:
+    """Stored rows -> float32 (float64 stays float64)."""
+    if rows.dtype == np.uint16:
+        return torch.from_numpy(rows.view(np.int16)).view(torch.bfloat16).float()
+    tensor = torch.from_numpy(rows)
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
 
 class CstarReader:
-    """The C* of one split as one logical (N, L, d_c) array over memory-mapped shards."""
+    """The C* of one split as one logical (N, L, d_c) array over its verified shards.
+
+    Rows are read with pread into fresh buffers, never memory-mapped: a mapped file's pages count in
+    the process's resident memory as they are touched, so an epoch of random reads over a mapping
+    would grow RSS with the corpus. Reading costs the rows asked for and nothing more."""
 
     def __init__(self, folder: Path):
         self.meta = read_manifest(folder, "generate_cstar")
-        self.shards = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in self.meta["shards"]]
-        self.starts = np.cumsum([0] + [s.shape[0] for s in self.shards])
+        self.dtype = np.dtype(np.float32)
+        self.files, self.data_offsets, rows = [], [], []
+        for shard in self.meta["shards"]:
+            path = Path(folder) / shard["file"]
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran_order, dtype = read_header(f)
+                if fortran_order:
+                    raise CtxlmError(f"{path}: not a C-ordered C* shard; rerun it with: dvc repro --force generate_cstar")
+                self.data_offsets.append(f.tell())
+            self.files.append(path)
+            self.row_shape, self.dtype = shape[1:], dtype
+            rows.append(shape[0])
+        self.starts = np.cumsum([0] + rows)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        return (len(self), *self.shards[0].shape[1:])
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.row_shape)
 
-    def gather(self, index: np.ndarray) -> np.ndarray:
-        """Rows at `index` (any order) -> (len(index), L, d_c) float32."""
-        shard_of = np.searchsorted(self.starts, index, side="right") - 1
-        out = np.empty((len(index), *self.shape[1:]), dtype=np.float32)
-        for s in np.unique(shard_of):
-            mask = shard_of == s
-            local = index[mask] - self.starts[s]
-            order = np.argsort(local)  # sorted reads are kinder to the page cache
-            rows = np.empty((len(local), *self.shape[1:]), dtype=np.float32)
-            rows[order] = self.shards[s][local[order]]
-            out[mask] = rows
+    def _read_into(self, out: np.ndarray, start: int) -> None:
+        """Fill `out` ((n, L, d_c) stored dtype) with rows start .. start+n, across shard borders."""
+        done = 0
+        while done < len(out):
+            row = start + done
+            s = int(np.searchsorted(self.starts, row, side="right") - 1)
+            n = min(len(out) - done, int(self.starts[s + 1]) - row)
+            view = memoryview(out[done : done + n].reshape(-1).view(np.uint8))
+            with open(self.files[s], "rb", buffering=0) as f:
+                got = os.preadv(f.fileno(), [view], self.data_offsets[s] + (row - int(self.starts[s])) * self.row_bytes)
+            if got != n * self.row_bytes:
+                raise CtxlmError(f"{self.files[s]}: short read at row {row} (file changed since it was verified?); rerun it with: dvc repro --force generate_cstar")
+            done += n
+
+    def slice(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start .. stop -> (stop - start, L, d_c) float32."""
+        return self.gather(np.arange(start, stop))
+
+    def read(self, index: np.ndarray) -> np.ndarray:
+        """Rows at `index` (any order, repeats allowed) as stored -> (len(index), L, d_c), read as
+        runs of consecutive rows (sorted indices need no second buffer)."""
+        index = np.asarray(index, dtype=np.int64)
+        is_sorted = bool(np.all(np.diff(index) >= 0))
+        order = np.arange(len(index)) if is_sorted else np.argsort(index, kind="stable")
+        ordered = index[order]
+        stored = np.empty((len(index), *self.row_shape), dtype=self.dtype)
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(index)]])):
+            self._read_into(stored[a:b], int(ordered[a]))
+        if is_sorted:
+            return stored
+        out = np.empty_like(stored)
+        out[order] = stored
         return out
 
-    def slice(self, start: int, stop: int) -> np.ndarray:
-        return self.gather(np.arange(start, stop))
+    def gather(self, index: np.ndarray) -> torch.Tensor:
+        """Rows at `index` -> (len(index), L, d_c) float32."""
+        return decode_cstar(self.read(index))
 
 
 def write_csv_atomic(path: Path, frame) -> None:

@@ -3,7 +3,6 @@
 import time
 from pathlib import Path
 
-
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
 from ctxlm.cstar import generate_split
@@ -27,8 +26,8 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             for split, tokens in (("train", train), ("val", val)):
                 split_start = time.perf_counter()
                 (out / split).mkdir()
-                shards = generate_split(block, embedding, tokens, out / split, params.cstar.shard_tokens, desc=f"C* {split}")
-                write_manifest(out / split, {"config": cfg.to_metadata(), "rows": len(tokens), "dtype": "float32", "shards": shards})
+                shards = generate_split(block, embedding, tokens, out / split, params.cstar.shard_tokens, f"C* {split}", params.cstar.dtype)
+                write_manifest(out / split, {"config": cfg.to_metadata(), "rows": len(tokens), "dtype": params.cstar.dtype, "shards": shards})
                 rates[f"{split}_tokens_per_s"] = round(len(tokens) / (time.perf_counter() - split_start))
         print(f"generate_cstar: {rates}")
         write_json_atomic(

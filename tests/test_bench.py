@@ -38,3 +38,11 @@ def test_bench_phase2(tmp_path):
     _, last = run_bench(tmp_path, "bench.phase2", "--steps", "2", "--val-tokens", "600", "--batch", "64")
     assert {"baseline_tokens_per_s", "fast_tokens_per_s", "speedup", "val_ppl_baseline", "val_ppl_fast"} <= set(last)
     assert last["val_ppl_fast"] == pytest.approx(last["val_ppl_baseline"], rel=0.05)
+
+
+@pytest.mark.slow
+def test_bench_memory(tmp_path):
+    stdout, last = run_bench(tmp_path, "bench.memory", "--small", "3000", "--large", "30000", "--context-dim", "16", "--dtype", "bfloat16")
+    assert {"tokens_small", "tokens_large", "peak_rss_mb_small", "peak_rss_mb_large", "growth"} <= set(last)
+    assert last["tokens_large"] == 30000 and last["peak_rss_mb_small"] > 100 and last["growth"] > 0.5
+    assert "stored bfloat16" in stdout

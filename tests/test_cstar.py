@@ -70,7 +70,7 @@ def test_generate_split_writes_shards_in_token_order(tmp_path):
     shards = generate_split(block, embedding, tokens, out, shard_tokens=20, desc="test")
     write_manifest(out, {"shards": shards})
     reader = CstarReader(out)
-    assert len(reader.shards) > 1 and reader.shape == (75, 2, 12)
+    assert len(reader.files) > 1 and reader.shape == (75, 2, 12)
     x = input_features(embedding, split_windows(tokens, 2))
     for d in range(tokens.num_docs):
         a, b = tokens.offsets[d], tokens.offsets[d + 1]
@@ -78,3 +78,21 @@ def test_generate_split_writes_shards_in_token_order(tmp_path):
         np.testing.assert_allclose(reader.slice(a, b), expected, atol=1e-5)
     index = np.array([74, 0, 33, 12, 12])
     np.testing.assert_array_equal(reader.gather(index), np.stack([reader.slice(i, i + 1)[0] for i in index]))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_shards_hold_the_rounded_fp32_rows(tmp_path, dtype):
+    tokens = make_token_split(tmp_path, [7, 30, 1, 12, 25])
+    block = make_block(torch.float32, num_input_tokens=1)
+    embedding = torch.randn(50, block.cfg.embed_dim)
+    readers = {}
+    for stored in ("float32", dtype):
+        out = tmp_path / stored
+        out.mkdir()
+        write_manifest(out, {"shards": generate_split(block, embedding, tokens, out, shard_tokens=20, desc="test", dtype=stored)})
+        readers[stored] = CstarReader(out)
+    full, half = readers["float32"].slice(0, 75), readers[dtype].slice(0, 75)
+    assert half.dtype == torch.float32 and readers[dtype].row_bytes * 2 == readers["float32"].row_bytes
+    torch.testing.assert_close(half, full.to(getattr(torch, dtype)).float(), rtol=0, atol=0)
+    index = np.array([74, 3, 40, 3])
+    torch.testing.assert_close(readers[dtype].gather(index), half[index], rtol=0, atol=0)

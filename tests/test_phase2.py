@@ -9,7 +9,7 @@ from conftest import make_block, make_token_split
 from ctxlm.config import Phase2Params
 from ctxlm.cstar import generate_split
 from ctxlm.model import TokenModel
-from ctxlm.phase2 import SplitData, evaluate_split, train_token_model, training_loss
+from ctxlm.phase2 import SHUFFLE_BLOCK, SHUFFLE_ROWS, SplitData, block_shuffled_order, evaluate_split, train_token_model, training_loss
 from ctxlm.shards import CstarReader, write_manifest
 
 
@@ -95,3 +95,27 @@ def test_chunked_loss_matches_plain_cross_entropy(tmp_path, tying, freeze):
     assert plain.keys() == chunked.keys() and ("embedding" in plain) == (not freeze)
     for key in plain:
         torch.testing.assert_close(chunked[key], plain[key], rtol=1e-4, atol=1e-6)
+
+
+def test_block_shuffled_order_is_a_seeded_permutation_read_group_by_group():
+    n = 3 * SHUFFLE_ROWS + 1234
+    order = block_shuffled_order(n, torch.Generator().manual_seed(5))
+    assert np.array_equal(np.sort(order), np.arange(n))
+    assert np.array_equal(order, block_shuffled_order(n, torch.Generator().manual_seed(5)))
+    assert not np.array_equal(order, block_shuffled_order(n, torch.Generator().manual_seed(6)))
+    for a in range(0, n, SHUFFLE_ROWS):  # each group: whole blocks, few of them, in shuffled order
+        blocks = np.unique(order[a : a + SHUFFLE_ROWS] // SHUFFLE_BLOCK)
+        assert len(blocks) <= SHUFFLE_ROWS // SHUFFLE_BLOCK + 1
+        assert not np.all(np.diff(order[a : a + SHUFFLE_ROWS]) == 1)
+
+
+def test_batches_follow_the_order(tmp_path, monkeypatch):
+    _, _, train, _ = setup(tmp_path)
+    monkeypatch.setattr("ctxlm.phase2.LOAD_BYTES", 120 * train.cstar.row_bytes)  # 2 batches per read
+    order = np.random.default_rng(0).permutation(len(train))
+    batches = list(train.batches(order, 50, torch.device("cpu")))
+    assert [len(t) for _, _, t in batches] == [50, 50, 50, 50, 11]
+    contexts, windows, targets = train.batch(train.positions[order], torch.device("cpu"))
+    assert torch.equal(torch.cat([c for c, _, _ in batches]), contexts)
+    assert torch.equal(torch.cat([w for _, w, _ in batches]), windows)
+    assert torch.equal(torch.cat([t for _, _, t in batches]), targets)
