@@ -126,8 +126,24 @@ def parse_params(raw: object, path: Path = Path("params.yaml")) -> Params:
         raise CtxlmError(_format_error(err, path)) from None
 
 
+def _missing_keys(raw: dict, schema: type[BaseModel], prefix: str = "") -> list[str]:
+    """Keys of the schema that `raw` leaves out, as 'section.key: missing (default ...)'."""
+    missing = []
+    for name, field in schema.model_fields.items():
+        if name not in raw and isinstance(field.default, BaseModel):
+            missing.append(f"{prefix}{name}: missing section (keys: {', '.join(type(field.default).model_fields)})")
+        elif name not in raw:
+            missing.append(f"{prefix}{name}: missing (the default is {field.default!r})")
+        elif isinstance(field.default, BaseModel) and isinstance(raw[name], dict):
+            missing += _missing_keys(raw[name], type(field.default), f"{prefix}{name}.")
+    return missing
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate the whole params file, so a typo anywhere stops the first stage that runs."""
+    """Read and validate the whole params file, so a typo anywhere stops the first stage that runs.
+
+    Every key must be written out: DVC tracks the keys of params.yaml, so a key left to its default
+    in code would change results without DVC seeing it."""
     path = Path(path)
     if not path.is_file():
         raise CtxlmError(f"{path}: params file not found (run from the repository root)")
@@ -135,4 +151,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise CtxlmError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, path)
+    params = parse_params(raw, path)
+    missing = _missing_keys(raw or {}, Params)
+    if missing:
+        raise CtxlmError("\n".join(f"{path}: {line}" for line in missing))
+    return params

@@ -12,15 +12,22 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctxlm.checkpoint import Checkpoint
+from ctxlm.config import CstarParams
+from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, input_features, token_windows
 from ctxlm.runtime import progress
-from ctxlm.shards import CSTAR_STORAGE, TokenSplit, encode_cstar
+from ctxlm.shards import CSTAR_STORAGE, TokenSplit, atomic_dir, encode_cstar, sha256, write_manifest
 
 HOISTED_ROWS = 1 << 16  # token slots gathered per window of steps (bounds memory)
 # Below this many running documents a step is a few small kernels whose cost is thread start-up:
@@ -113,7 +120,13 @@ def cstar_into(
                 layers.append(c)
             rows.append(torch.stack(layers, dim=1))
         torch.set_num_threads(threads)
-        out[index[valid].numpy()] = encode_cstar(torch.cat(rows), out.dtype)
+        computed = torch.cat(rows)
+        if not torch.isfinite(computed).all():
+            raise CtxlmError(
+                f"C* is not finite (NaN or inf) by step {t0 + steps} of a document: the ContextBlock weights are bad; "
+                "retrain them (dvc repro --force train_context), with a lower phase1.lr if they diverged"
+            )
+        out[index[valid].numpy()] = encode_cstar(computed, out.dtype)
         on_tokens(int(valid.sum()))
         t0 += steps
 
@@ -146,17 +159,32 @@ def shard_ranges(offsets: np.ndarray, shard_tokens: int) -> list[tuple[int, int]
     return ranges
 
 
+def cstar_bytes(tokens: int, cfg, dtype: str) -> int:
+    """Size on disk of the C* of `tokens` tokens stored as `dtype`."""
+    return tokens * cfg.num_layers * cfg.context_dim * CSTAR_STORAGE[dtype].itemsize
+
+
 def generate_split(
-    block: ContextBlock, embedding: torch.Tensor, tokens: TokenSplit, folder, shard_tokens: int, desc: str, dtype: str = "float32"
+    block: ContextBlock,
+    embedding: torch.Tensor,
+    tokens: TokenSplit,
+    folder,
+    shard_tokens: int,
+    desc: str,
+    dtype: str = "float32",
+    done: Sequence[dict] = (),
+    on_shard: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Write the exact C* of every token of `tokens` as .npy shards in `folder`, in token order,
-    stored as `dtype` (computed in fp32, rounded once when stored); returns the shard list for the manifest."""
+    stored as `dtype` (computed in fp32, rounded once when stored); returns the shard list for the
+    manifest. The first len(done) shards are taken as already in `folder` (a resumed run);
+    `on_shard(entry)` is called once each new shard is complete on disk."""
     device = next(block.parameters()).device
     windows = split_windows(tokens, block.cfg.num_input_tokens).to(device)
     L, d_c = block.cfg.num_layers, block.cfg.context_dim
-    shards = []
-    bar = progress(total=len(tokens), desc=desc, unit="tok", unit_scale=True)
-    for first, end in shard_ranges(tokens.offsets, shard_tokens):
+    shards = list(done)
+    bar = progress(total=len(tokens), initial=sum(s["rows"] for s in shards), desc=desc, unit="tok", unit_scale=True)
+    for first, end in shard_ranges(tokens.offsets, shard_tokens)[len(shards) :]:
         a, b = int(tokens.offsets[first]), int(tokens.offsets[end])
         name = f"shard-{len(shards):05d}.npy"
         out = np.lib.format.open_memmap(folder / name, mode="w+", dtype=CSTAR_STORAGE[dtype], shape=(b - a, L, d_c))
@@ -164,5 +192,70 @@ def generate_split(
         out.flush()
         del out
         shards.append({"file": name, "rows": b - a})
+        if on_shard:
+            on_shard(shards[-1])
     bar.close()
     return shards
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse before any work when the disk of `folder` has less than `needed` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CtxlmError(f"{what} needs {human_bytes(needed)} but {Path(folder).resolve()} has only {human_bytes(free)} free")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _intact_prefix(folder: Path, recorded: list[dict]) -> list[dict]:
+    """The recorded shards up to the first whose file is missing or changed since."""
+    intact = []
+    for entry in recorded:
+        path = folder / entry["file"]
+        if not path.is_file() or sha256(path) != entry["sha256"]:
+            break
+        intact.append(entry)
+    return intact
+
+
+def write_cstar(
+    block: ContextBlock, embedding: torch.Tensor, splits: dict[str, TokenSplit], final: Path, params: CstarParams, checkpoint: Checkpoint
+) -> dict[str, float]:
+    """The C* of every split -> `final`/<split>/ shards with manifests; returns tokens/s per split.
+
+    Shards are written into the checkpoint's folder and recorded (with their checksum) as each one
+    completes, so a killed run redoes at most one shard; the splits move into `final` when all are done."""
+    cfg = block.cfg
+    state = checkpoint.load() or {"done": {split: [] for split in splits}}
+    for split in splits:
+        state["done"][split] = _intact_prefix(checkpoint.folder / split, state["done"][split])
+    remaining = sum(len(tokens) - sum(e["rows"] for e in state["done"][split]) for split, tokens in splits.items())
+    check_free_space(  # twice: the shards, then DVC's copy of them in its cache
+        final.parent, 2 * cstar_bytes(remaining, cfg, params.dtype),
+        f"C* ({remaining:,} tokens x {cfg.num_layers} layer(s) x {cfg.context_dim} x {params.dtype}, and DVC's cache copy)",
+    )
+    rates = {}
+    for split, tokens in splits.items():
+        start = time.perf_counter()
+        folder = checkpoint.folder / split
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def record(entry: dict, split=split, folder=folder) -> None:
+            state["done"][split].append({**entry, "sha256": sha256(folder / entry["file"])})
+            checkpoint.save(state)
+
+        done = [{"file": e["file"], "rows": e["rows"]} for e in state["done"][split]]
+        shards = generate_split(block, embedding, tokens, folder, params.shard_tokens, f"C* {split}", params.dtype, done, record)
+        write_manifest(folder, {"config": cfg.to_metadata(), "rows": len(tokens), "dtype": params.dtype, "shards": shards})
+        rates[f"{split}_tokens_per_s"] = round(len(tokens) / (time.perf_counter() - start))
+    with atomic_dir(final) as out:
+        for split in splits:
+            os.replace(checkpoint.folder / split, out / split)
+    checkpoint.clear()
+    return rates

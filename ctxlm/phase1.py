@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase1Params
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock
@@ -44,13 +45,15 @@ def train_context_block(
     doc_starts: torch.Tensor,
     params: Phase1Params,
     generator: torch.Generator,
+    checkpoint: Checkpoint | None = None,
 ) -> Phase1Result:
     """Train `block` in place on the (N, d_x) token inputs of the training stream.
 
     Each iteration recomputes every context in parallel from the previous iteration's contexts
     (plus Gaussian noise, not at document starts), sums the OACD loss over equal mini-batches
-    weighted by their size, clips the gradient and takes one Adam step."""
-    start = time.perf_counter()
+    weighted by their size, clips the gradient and takes one Adam step. With a checkpoint, the state
+    after an iteration (weights, Adam, the noise generator, the contexts) is saved every few
+    minutes, and a killed run resumes from it exactly."""
     n = x.shape[0]
     d_c = block.cfg.context_dim
     device = x.device
@@ -59,8 +62,19 @@ def train_context_block(
     optimizer = torch.optim.Adam(block.parameters(), lr=params.lr)
     not_start = (~doc_starts).unsqueeze(1).float()
     history: list[dict] = []
-    bar = progress(range(1, params.max_iterations + 1), desc="phase 1", unit="it")
+    seconds_before = 0.0
+    saved = checkpoint.load() if checkpoint else None
+    if saved:
+        block.load_state_dict(saved["block"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["rng"])
+        contexts, history, seconds_before = saved["contexts"].to(device), saved["history"], saved["seconds"]
+        print(f"train_context: resuming from {checkpoint.folder} after iteration {len(history)}", flush=True)
+    start = time.perf_counter()
+    bar = progress(range(len(history) + 1, params.max_iterations + 1), initial=len(history), total=params.max_iterations, desc="phase 1", unit="it")
     for iteration in bar:
+        if history and history[-1]["convergence_rate"] >= params.early_stop_convergence:
+            break
         prev = previous_contexts(contexts, doc_starts)
         if params.context_noise > 0:
             prev += torch.randn(n, d_c, generator=generator).to(device) * params.context_noise * not_start
@@ -90,13 +104,14 @@ def train_context_block(
         contexts = new
         history.append({"iteration": iteration, "loss": total, "convergence_rate": convergence})
         bar.set_postfix(loss=f"{total:.4f}", converged=f"{convergence:.1%}", refresh=False)
-        if convergence >= params.early_stop_convergence:
-            break
+        if checkpoint and checkpoint.due():
+            checkpoint.save({"block": block.state_dict(), "optimizer": optimizer.state_dict(), "rng": generator.get_state(),
+                             "contexts": contexts.cpu(), "history": history, "seconds": seconds_before + time.perf_counter() - start})
     bar.close()
     return Phase1Result(
         iterations=len(history),
         convergence_rate=history[-1]["convergence_rate"],
         final_loss=history[-1]["loss"],
-        seconds=time.perf_counter() - start,
+        seconds=seconds_before + time.perf_counter() - start,
         history=history,
     )

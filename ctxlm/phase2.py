@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
 from ctxlm.cstar import split_windows
 from ctxlm.errors import CtxlmError
@@ -148,6 +148,12 @@ def evaluate_split(model: TokenModel, data: SplitData, device: torch.device, pre
     return loss_sum / len(data), correct / len(data)
 
 
+def trained_state(model: TokenModel) -> dict[str, torch.Tensor]:
+    """A copy of the model's state without its frozen parameters (E when frozen): what training changes."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
 @dataclass
 class Phase2Result:
     best_state: dict
@@ -158,49 +164,76 @@ class Phase2Result:
 
 
 def train_token_model(
-    model: TokenModel, train: SplitData, val: SplitData, params: Phase2Params, device: torch.device, generator: torch.Generator
+    model: TokenModel,
+    train: SplitData,
+    val: SplitData,
+    params: Phase2Params,
+    device: torch.device,
+    generator: torch.Generator,
+    checkpoint: Checkpoint | None = None,
 ) -> Phase2Result:
     """Adam over shuffled (seeded) batches; validation after every epoch; early stop after
-    `patience` epochs without a better validation loss; returns the best epoch's weights."""
-    start = time.perf_counter()
+    `patience` epochs without a better validation loss; returns the best epoch's weights.
+
+    With a checkpoint, the whole state (weights, Adam, the shuffling generator, the epoch's progress)
+    is saved every few minutes and after every epoch, and a killed run resumes from it exactly:
+    the result equals that of a run never interrupted."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=params.lr)
-    history: list[dict] = []
-    best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
+    run = {"epoch": 1, "step": 0, "loss_sum": 0.0, "epoch_rng": generator.get_state(), "history": [],
+           "best_loss": math.inf, "best_epoch": 0, "best_state": None, "stale": 0, "stopped": False, "seconds": 0.0}
+    saved = checkpoint.load() if checkpoint else None
+    if saved:
+        model.load_state_dict(saved["model"], strict=False)  # strict=False: frozen E is not saved
+        optimizer.load_state_dict(saved["optimizer"])
+        run = saved["run"]
+        print(f"train_token: resuming from {checkpoint.folder} at epoch {run['epoch']}, step {run['step']}", flush=True)
+    start, seconds_before = time.perf_counter(), run["seconds"]
+
+    def save() -> None:
+        if checkpoint:
+            run["seconds"] = seconds_before + time.perf_counter() - start
+            checkpoint.save({"model": trained_state(model), "optimizer": optimizer.state_dict(), "run": run})
+
     steps_per_epoch = math.ceil(len(train) / params.batch_size)
-    for epoch in range(1, params.epochs + 1):
-        model.train()
+    while run["epoch"] <= params.epochs and not run["stopped"]:
+        epoch = run["epoch"]
+        generator.set_state(run["epoch_rng"])
         order = block_shuffled_order(len(train), generator)
-        loss_sum = 0.0
-        bar = progress(total=steps_per_epoch, desc=f"phase 2 epoch {epoch}/{params.epochs}", unit="step")
-        for step, (contexts, windows, targets) in enumerate(train.batches(order, params.batch_size, device)):
+        model.train()
+        bar = progress(total=steps_per_epoch, initial=run["step"], desc=f"phase 2 epoch {epoch}/{params.epochs}", unit="step")
+        for contexts, windows, targets in train.batches(order[run["step"] * params.batch_size :], params.batch_size, device):
             loss = training_loss(model, contexts, windows, targets, params.precision, device)
             if not torch.isfinite(loss):
                 raise CtxlmError(
-                    f"train_token: loss became {loss.item()} at epoch {epoch}, step {step + 1}; "
+                    f"train_token: loss became {loss.item()} at epoch {epoch}, step {run['step'] + 1}; "
                     f"lower phase2.lr (now {params.lr}) or use phase2.precision: fp32"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, params.gradient_clip)
             optimizer.step()
-            loss_sum += loss.item() * len(targets)
-            if step % 50 == 0:
+            run["loss_sum"] += loss.item() * len(targets)
+            run["step"] += 1
+            if run["step"] % 50 == 1:
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             bar.update()
+            if checkpoint and checkpoint.due():
+                save()
         bar.close()
-        train_loss = loss_sum / len(train)
+        train_loss = run["loss_sum"] / len(train)
         val_loss, val_acc = evaluate_split(model, val, device, params.precision, desc="validate")
-        history.append(
+        run["history"].append(
             {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
              "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_acc": val_acc}
         )
         print(f"epoch {epoch}: train ppl {math.exp(train_loss):.1f}, val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}", flush=True)
-        if val_loss < best_loss:
-            best_loss, best_epoch, stale = val_loss, epoch, 0
-            best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
+        if val_loss < run["best_loss"]:
+            run.update(best_loss=val_loss, best_epoch=epoch, stale=0, best_state=trained_state(model))
         else:
-            stale += 1
-            if stale >= params.patience:
-                break
-    return Phase2Result(best_state, best_epoch, len(history), history, time.perf_counter() - start)
+            run["stale"] += 1
+            run["stopped"] = run["stale"] >= params.patience
+        run.update(epoch=epoch + 1, step=0, loss_sum=0.0, epoch_rng=generator.get_state())
+        save()
+    seconds = seconds_before + time.perf_counter() - start
+    return Phase2Result(run["best_state"], run["best_epoch"], len(run["history"]), run["history"], seconds)

@@ -95,9 +95,12 @@ def text_documents(path: Path) -> list[tuple[str, str]]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise CtxlmError(f"data.source: '{path}' is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if "\x00" in text:  # valid UTF-8 but not text: a binary file
+        raise CtxlmError(f"data.source: '{path}' looks binary (a NUL character at offset {text.index(chr(0))}), not text")
+    return text
 
 
 def jsonl_documents(path: Path) -> list[tuple[str, str]]:

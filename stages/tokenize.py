@@ -36,6 +36,8 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
                 ids, offsets = tokenize_documents(tokenizer, texts, budget)
                 if len(ids) < 2:
                     raise CtxlmError(f"{CORPUS}: the {split} split has {len(ids)} tokens; need at least 2")
+                if len(ids) < budget:
+                    print(f"tokenize: data.max_{split}_tokens is {budget:,} but the {split} split has {len(ids):,} tokens: using them all")
                 save_tokens(out, split, ids, offsets)
                 counts[split] = {"tokens": int(len(ids)), "documents": int(len(offsets) - 1)}
                 print(f"tokenize: {split}: {len(ids):,} tokens in {len(offsets) - 1} documents")

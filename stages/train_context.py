@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
 from ctxlm.cstar import split_windows
@@ -34,7 +35,9 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         block = ContextBlock(cfg).to(device)
         x = input_features(embedding, split_windows(train, cfg.num_input_tokens)).to(device)  # (N, d_x)
         doc_starts = torch.from_numpy(train.doc_starts()).to(device)
-        result = train_context_block(block, x, doc_starts, params.phase1, generator)
+        inputs = {"seed": params.seed, "model": m.model_dump(), "phase1": params.phase1.model_dump(), "tokens": folder_digest(Path("data/tokens"))}
+        checkpoint = Checkpoint("train_context", inputs)
+        result = train_context_block(block, x, doc_starts, params.phase1, generator, checkpoint)
         print(f"phase 1: {result.iterations} iterations, convergence {result.convergence_rate:.1%}, {result.seconds:.1f} s")
         with atomic_dir(Path("data/context")) as out:
             save_weights(out, CONTEXT_WEIGHTS, block.state_dict(), cfg.to_metadata())
@@ -46,6 +49,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
              "phase1_seconds": round(result.seconds, 2), "params_context_block": count(block),
              "tokens_per_s": round(len(train) * result.iterations / result.seconds), "seconds": elapsed_since(start)},
         )
+        checkpoint.clear()
 
 
 if __name__ == "__main__":

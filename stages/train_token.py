@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
 from ctxlm.model import ModelConfig, TokenModel
@@ -29,11 +30,13 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         generator = seed_everything(params.seed)
         m = params.model
         model = TokenModel(cfg, embedding, weight_tying=m.weight_tying, freeze_embedding=m.freeze_embedding).to(device)
-        result = train_token_model(model, train, val, params.phase2, device, generator)
-        state = {k: v for k, v in result.best_state.items() if k != "embedding" or not m.freeze_embedding}
+        inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": params.phase2.model_dump(),
+                  "data": [folder_digest(Path(f)) for f in ("data/tokens", "data/cstar/train", "data/cstar/val")]}
+        checkpoint = Checkpoint("train_token", inputs)
+        result = train_token_model(model, train, val, params.phase2, device, generator, checkpoint)
         metadata = {**cfg.to_metadata(), "weight_tying": str(m.weight_tying), "freeze_embedding": str(m.freeze_embedding)}
         with atomic_dir(Path("data/token_model")) as out:
-            save_weights(out, TOKEN_WEIGHTS, state, metadata)
+            save_weights(out, TOKEN_WEIGHTS, result.best_state, metadata)
             write_manifest(out, {"config": metadata})
         best = result.history[result.best_epoch - 1]
         write_csv_atomic(Path("metrics/train_token_curve.csv"), pd.DataFrame(result.history))
@@ -43,6 +46,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
              "val_ppl_at_best_epoch": best["val_ppl"], "phase2_seconds": round(result.seconds, 2),
              "tokens_per_s": round(len(train) * result.epochs_run / result.seconds), "seconds": elapsed_since(start)},
         )
+        checkpoint.clear()
 
 
 if __name__ == "__main__":

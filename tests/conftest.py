@@ -31,3 +31,20 @@ def make_token_split(tmp_path, doc_lengths, vocab=50, seed=0, split="train") -> 
     ids = rng.integers(0, vocab, size=int(offsets[-1]))
     save_tokens(tmp_path, split, ids, offsets)
     return TokenSplit(tmp_path, split)
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL in the middle of a stage."""
+
+
+class Dying:
+    """Wraps `fn`: counts its calls and raises Killed at call number `kill_at` (None: never)."""
+
+    def __init__(self, fn, kill_at: int | None):
+        self.fn, self.kill_at, self.calls = fn, kill_at, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            raise Killed
+        return self.fn(*args, **kwargs)

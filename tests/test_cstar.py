@@ -1,9 +1,14 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_block, make_token_split
-from ctxlm.cstar import batched_cstar, generate_split, naive_cstar, shard_ranges, split_windows
+from conftest import Dying, Killed, make_block, make_token_split
+from ctxlm.checkpoint import Checkpoint
+from ctxlm.config import CstarParams
+from ctxlm.cstar import batched_cstar, cstar_into, generate_split, naive_cstar, shard_ranges, split_windows, write_cstar
+from ctxlm.errors import CtxlmError
 from ctxlm.model import input_features, token_windows
 from ctxlm.shards import CstarReader, write_manifest
 
@@ -96,3 +101,46 @@ def test_half_precision_shards_hold_the_rounded_fp32_rows(tmp_path, dtype):
     torch.testing.assert_close(half, full.to(getattr(torch, dtype)).float(), rtol=0, atol=0)
     index = np.array([74, 3, 40, 3])
     torch.testing.assert_close(readers[dtype].gather(index), half[index], rtol=0, atol=0)
+
+
+def test_write_cstar_resumes_after_the_last_complete_shard(tmp_path, monkeypatch):
+    tokens = make_token_split(tmp_path, [7, 30, 1, 12, 25, 9, 14])
+    block = make_block(torch.float32, num_input_tokens=2)
+    embedding = torch.randn(50, block.cfg.embed_dim)
+    params = CstarParams(shard_tokens=20)
+
+    def write(name):
+        return write_cstar(block, embedding, {"val": tokens}, tmp_path / name, params, Checkpoint("generate_cstar", {"t": 1}, root=tmp_path / f"checkpoints-{name}"))
+
+    write("reference")
+    shards = sorted(p.name for p in (tmp_path / "reference/val").glob("shard-*.npy"))
+    assert len(shards) == 3 and not (tmp_path / "checkpoints-reference/generate_cstar").exists()
+    dying = Dying(cstar_into, kill_at=3)
+    monkeypatch.setattr("ctxlm.cstar.cstar_into", dying)
+    with pytest.raises(Killed):
+        write("out")
+    assert not (tmp_path / "out").exists()
+    dying.calls, dying.kill_at = 0, None
+    write("out")
+    assert dying.calls == 1  # shards 0 and 1 were kept, only shard 2 was computed again
+    for name in [*shards, "manifest.json"]:
+        assert (tmp_path / "out/val" / name).read_bytes() == (tmp_path / "reference/val" / name).read_bytes()
+
+
+def test_write_cstar_refuses_when_the_disk_is_short(tmp_path, monkeypatch):
+    tokens = make_token_split(tmp_path, [300, 200])
+    block = make_block(torch.float32)
+    monkeypatch.setattr("ctxlm.cstar.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(CtxlmError, match=r"C\* \(500 tokens x 2 layer\(s\) x 12 x float16, and DVC's cache copy\) needs 46.9 KiB but .* has only 1000.0 B free"):
+        write_cstar(block, torch.randn(50, 8), {"train": tokens}, tmp_path / "out", CstarParams(dtype="float16"), Checkpoint("generate_cstar", {}, root=tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_cstar_stops_and_names_the_stage_to_rerun(tmp_path):
+    tokens = make_token_split(tmp_path, [30, 20])
+    block = make_block(torch.float32)
+    with torch.no_grad():
+        block.linears[0].weight[3, 5] = float("inf")
+    with pytest.raises(CtxlmError, match=r"C\* is not finite .*dvc repro --force train_context"):
+        write_cstar(block, torch.randn(50, 8), {"train": tokens}, tmp_path / "out", CstarParams(), Checkpoint("generate_cstar", {}, root=tmp_path))
+    assert not (tmp_path / "out").exists()

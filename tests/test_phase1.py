@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import make_block
+from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase1Params
 from ctxlm.errors import CtxlmError
 from ctxlm.phase1 import oacd_loss, previous_contexts, train_context_block
@@ -22,14 +23,28 @@ def test_previous_contexts_reset_at_document_starts_and_are_not_circular():
     assert previous_contexts(contexts, starts).squeeze(1).tolist() == [0.0, 1.0, 2.0, 0.0, 4.0]
 
 
-def run_phase1(seed: int, x: torch.Tensor, **overrides):
+def run_phase1(seed: int, x: torch.Tensor, checkpoint=None, **overrides):
     torch.manual_seed(seed)
     block = make_block(torch.float32, num_layers=2)
     starts = torch.zeros(x.shape[0], dtype=torch.bool)
     starts[::25] = True
     params = Phase1Params(**{"max_iterations": 4, "batch_tokens": 30, **overrides})
-    result = train_context_block(block, x, starts, params, torch.Generator().manual_seed(seed))
+    result = train_context_block(block, x, starts, params, torch.Generator().manual_seed(seed), checkpoint)
     return block, result
+
+
+def test_phase1_resumes_from_a_checkpoint_to_the_uninterrupted_result(tmp_path, monkeypatch, capsys):
+    """A run stopped after iteration 2 (its last checkpoint) and resumed equals a run of 4."""
+    monkeypatch.setenv("CTXLM_CHECKPOINT_SECONDS", "0")
+    x = torch.randn(100, 8)
+    block_ref, reference = run_phase1(1, x)
+    run_phase1(1, x, Checkpoint("train_context", {"test": 1}, root=tmp_path), max_iterations=2)
+    assert len(torch.load(tmp_path / "train_context/state.pt", weights_only=True)["history"]) == 2
+    block, resumed = run_phase1(1, x, Checkpoint("train_context", {"test": 1}, root=tmp_path))
+    assert "resuming from" in capsys.readouterr().out
+    assert resumed.history == reference.history
+    for key, value in block_ref.state_dict().items():
+        assert torch.equal(block.state_dict()[key], value), key
 
 
 def test_phase1_trains_and_is_reproducible():

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_block, make_token_split
+from conftest import Dying, Killed, make_block, make_token_split
+from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
 from ctxlm.cstar import generate_split
 from ctxlm.model import TokenModel
@@ -50,12 +51,36 @@ def test_evaluate_split_matches_a_direct_computation(tmp_path):
     assert acc == (logits.argmax(1) == targets).sum().item() / len(targets)
 
 
-def train(tmp_path, seed, **overrides):
+def train(tmp_path, seed, checkpoint=None, **overrides):
     cfg, embedding, train_data, val = setup(tmp_path)
     torch.manual_seed(seed)
     model = TokenModel(cfg, embedding, weight_tying=True, freeze_embedding=False)
     params = Phase2Params(**{"epochs": 3, "patience": 3, "batch_size": 32, "lr": 0.01, "precision": "fp32", **overrides})
-    return train_token_model(model, train_data, val, params, torch.device("cpu"), torch.Generator().manual_seed(seed))
+    return train_token_model(model, train_data, val, params, torch.device("cpu"), torch.Generator().manual_seed(seed), checkpoint)
+
+
+@pytest.mark.parametrize("kill_at_step", [4, 7, 8, 16])  # steps 1-7 are epoch 1, 8-14 epoch 2
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, kill_at_step):
+    monkeypatch.setenv("CTXLM_CHECKPOINT_SECONDS", "0")  # save after every step
+    reference = train(tmp_path / "reference", seed=3)
+    dying = Dying(training_loss, kill_at_step)
+    monkeypatch.setattr("ctxlm.phase2.training_loss", dying)
+    with pytest.raises(Killed):
+        train(tmp_path / "killed", seed=3, checkpoint=Checkpoint("train_token", {"test": 1}, root=tmp_path / "checkpoints"))
+    dying.calls, dying.kill_at = 0, None  # count the resumed run's steps
+    resumed = train(tmp_path / "resumed", seed=3, checkpoint=Checkpoint("train_token", {"test": 1}, root=tmp_path / "checkpoints"))
+    assert dying.calls == 3 * 7 - (kill_at_step - 1)  # it went on from the last step saved
+    assert resumed.history == reference.history
+    for key, value in reference.best_state.items():
+        assert torch.equal(resumed.best_state[key], value), key
+
+
+def test_a_checkpoint_of_other_inputs_is_discarded(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXLM_CHECKPOINT_SECONDS", "0")
+    train(tmp_path / "a", seed=3, checkpoint=Checkpoint("train_token", {"lr": 0.01}, root=tmp_path / "checkpoints"), epochs=1)
+    assert Checkpoint("train_token", {"lr": 0.01}, root=tmp_path / "checkpoints").load() is not None
+    other = Checkpoint("train_token", {"lr": 0.02}, root=tmp_path / "checkpoints")
+    assert other.load() is None and not any(other.folder.iterdir())
 
 
 def test_training_lowers_the_loss_and_is_reproducible(tmp_path):
@@ -64,7 +89,7 @@ def test_training_lowers_the_loss_and_is_reproducible(tmp_path):
     assert a.history == b.history
     assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
     assert a.best_epoch == 1 + int(np.argmin([h["val_loss"] for h in a.history]))
-    assert "embedding" in a.best_state
+    assert "embedding" in a.best_state  # trained here; a frozen E is left out (see trained_state)
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):

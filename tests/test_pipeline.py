@@ -5,7 +5,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -23,17 +25,20 @@ TINY = {
 QUALITY = ["val_ppl", "val_acc", "train_ppl", "best_epoch", "effective_rank", "params_total", "params_trainable"]
 
 
-def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def sh(repo: Path, *cmd: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=repo, env={**ENV, **env}, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
 def write_params(repo: Path, overrides: dict) -> None:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    """Change keys of the repository's params.yaml (the fixture's tiny params), keeping the rest."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in overrides.items():
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -113,3 +118,34 @@ def test_bad_input_stops_with_one_line_and_no_output(repo: Path, overrides, mess
     assert "Traceback" not in result.stdout + result.stderr
     assert not (repo / "dvc.lock").exists() or "tokenize" not in (repo / "dvc.lock").read_text()
     assert not (repo / "data/tokens").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_repro_resumes_and_matches_an_uninterrupted_run(repo: Path):
+    """SIGKILL `dvc repro` (dvc and the stage) during train_token; the next `dvc repro` resumes the
+    stage from its checkpoint and ends with the metrics of a run never interrupted."""
+    write_params(repo, {"phase2": {"epochs": 4, "patience": 4}})
+    every_step = {"CTXLM_CHECKPOINT_SECONDS": "0"}
+    checkpoint = repo / "data/checkpoints/train_token/state.pt"
+    process = subprocess.Popen(["dvc", "repro"], cwd=repo, env={**ENV, **every_step}, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert process.poll() is None, "dvc repro ended before train_token saved a checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(1.0)  # well into training
+    assert process.poll() is None, "train_token finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (repo / "data/token_model").exists()
+
+    resumed = sh(repo, "dvc", "repro", **every_step)
+    assert ran_stages(resumed.stdout) == {"train_token", "evaluate"}
+    assert "train_token: resuming from data/checkpoints/train_token at epoch" in resumed.stdout
+    assert not checkpoint.parent.exists()  # a finished stage removes its checkpoint
+    after_kill = json.loads((repo / "metrics/eval.json").read_text())
+
+    sh(repo, "dvc", "repro", "--force", "--no-run-cache", "--downstream", "train_token")
+    uninterrupted = json.loads((repo / "metrics/eval.json").read_text())
+    assert {k: after_kill[k] for k in QUALITY} == {k: uninterrupted[k] for k in QUALITY}
