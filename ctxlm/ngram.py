@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ctxlm.shards import doc_starts, has_next
+
 
 class _Table:
     """Sorted int64 keys -> values, looked up many at a time (missing keys give 0)."""
@@ -30,9 +32,10 @@ class _Table:
         return cls(unique, np.bincount(inverse, weights=weights, minlength=len(unique)))
 
     def __getitem__(self, keys: np.ndarray) -> np.ndarray:
-        at = np.clip(np.searchsorted(self.keys, keys), 0, max(len(self.keys) - 1, 0))
-        found = (self.keys[at] == keys) if len(self.keys) else np.zeros(len(keys), dtype=bool)
-        return np.where(found, self.values[at] if len(self.keys) else 0, 0).astype(np.float64)
+        if len(self.keys) == 0:
+            return np.zeros(len(keys))
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[at] == keys, self.values[at], 0).astype(np.float64)
 
 
 def _discount(counts: np.ndarray) -> float:
@@ -44,12 +47,8 @@ def trigrams(ids: np.ndarray, offsets: np.ndarray, bos: int) -> tuple[np.ndarray
     """(u, v, w, position of v) of every prediction inside the documents: w = t_{i+1}, v = t_i,
     u = t_{i-1} or BOS at a document's first token."""
     ids = np.asarray(ids, dtype=np.int64)
-    has_next = np.ones(len(ids), dtype=bool)
-    has_next[offsets[1:] - 1] = False
-    starts = np.zeros(len(ids), dtype=bool)
-    starts[offsets[:-1]] = True
-    i = np.flatnonzero(has_next)
-    u = np.where(starts[i], bos, ids[np.maximum(i - 1, 0)])
+    i = np.flatnonzero(has_next(offsets, len(ids)))
+    u = np.where(doc_starts(offsets, len(ids))[i], bos, ids[np.maximum(i - 1, 0)])
     return u, ids[i], ids[i + 1], i
 
 

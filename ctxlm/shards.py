@@ -113,16 +113,24 @@ class TokenSplit:
         return len(self.offsets) - 1
 
     def doc_starts(self) -> np.ndarray:
-        """(N,) bool: True at each document's first token."""
-        starts = np.zeros(len(self), dtype=bool)
-        starts[self.offsets[:-1]] = True
-        return starts
+        return doc_starts(self.offsets, len(self))
 
     def has_next(self) -> np.ndarray:
-        """(N,) bool: True where the next token is in the same document (a training target exists)."""
-        has = np.ones(len(self), dtype=bool)
-        has[self.offsets[1:] - 1] = False
-        return has
+        return has_next(self.offsets, len(self))
+
+
+def doc_starts(offsets: np.ndarray, n: int) -> np.ndarray:
+    """(N,) bool: True at each document's first token."""
+    starts = np.zeros(n, dtype=bool)
+    starts[offsets[:-1]] = True
+    return starts
+
+
+def has_next(offsets: np.ndarray, n: int) -> np.ndarray:
+    """(N,) bool: True where the next token is in the same document (a training target exists)."""
+    has = np.ones(n, dtype=bool)
+    has[offsets[1:] - 1] = False
+    return has
 
 
 def load_token_folder(folder: Path) -> tuple[dict, TokenSplit, TokenSplit, torch.Tensor]:
