@@ -68,6 +68,13 @@ class Phase2Params(_Section):
     precision: Literal["fp32", "bf16"] = "bf16"
 
 
+class BaselinesParams(_Section):
+    seq_len: int = Field(128, ge=2, le=4096)
+    """Positions per sequence of the neural baselines; a step takes phase2.batch_size // seq_len sequences
+    (at least one), so about ctxlm's tokens per step."""
+    transformer_layers: int = Field(2, ge=1, le=48)
+
+
 class EvaluateParams(_Section):
     rank_rows: int = Field(10_000, ge=2)
 
@@ -81,6 +88,7 @@ class Params(_Section):
     cstar: CstarParams = CstarParams()
     phase2: Phase2Params = Phase2Params()
     evaluate: EvaluateParams = EvaluateParams()
+    baselines: BaselinesParams = BaselinesParams()
 
     @model_validator(mode="after")
     def _patience_fits(self) -> "Params":

@@ -252,7 +252,8 @@ def write_cstar(
 
         done = [{"file": e["file"], "rows": e["rows"]} for e in state["done"][split]]
         shards = generate_split(block, embedding, tokens, folder, params.shard_tokens, f"C* {split}", params.dtype, done, record)
-        write_manifest(folder, {"config": cfg.to_metadata(), "rows": len(tokens), "dtype": params.dtype, "shards": shards})
+        checksums = {entry["file"]: entry["sha256"] for entry in state["done"][split]}
+        write_manifest(folder, {"config": cfg.to_metadata(), "rows": len(tokens), "dtype": params.dtype, "shards": shards}, checksums)
         rates[f"{split}_tokens_per_s"] = round(len(tokens) / (time.perf_counter() - start))
     with atomic_dir(final) as out:
         for split in splits:

@@ -26,6 +26,14 @@ class ModelConfig:
     def input_dim(self) -> int:  # d_x
         return self.num_input_tokens * self.embed_dim
 
+    @classmethod
+    def from_params(cls, model, embedding: torch.Tensor) -> "ModelConfig":
+        """From params.yaml's `model` section (ModelParams) and the (V, d_e) embedding."""
+        return cls(
+            vocab_size=embedding.shape[0], embed_dim=embedding.shape[1], context_dim=model.context_dim,
+            num_layers=model.num_layers, num_input_tokens=model.num_input_tokens, token_input_all_layers=model.token_input_all_layers,
+        )
+
     def to_metadata(self) -> dict[str, str]:
         return {key: str(value) for key, value in asdict(self).items()}
 
@@ -124,6 +132,23 @@ class TokenBlock(nn.Module):
         return h
 
 
+def untied_head(embedding: torch.Tensor) -> nn.Linear:
+    """An output layer Linear(d_e -> V) with bias that starts as a copy of E (zero bias)."""
+    vocab_size, embed_dim = embedding.shape
+    head = nn.Linear(embed_dim, vocab_size)
+    with torch.no_grad():
+        head.weight.copy_(embedding)
+        head.bias.zero_()
+    return head
+
+
+def head_parameters(embedding: torch.Tensor, head: nn.Linear | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output layer as (weight (V, d_e), bias (V,) or None): E itself when tied (no head)."""
+    if head is None:
+        return embedding, None
+    return head.weight, head.bias
+
+
 class TokenModel(nn.Module):
     """Phase-2 model: TokenBlock over (C*, x) plus the output head.
 
@@ -135,12 +160,7 @@ class TokenModel(nn.Module):
         self.cfg = cfg
         self.embedding = nn.Parameter(embedding.clone().float(), requires_grad=not freeze_embedding)
         self.token_block = TokenBlock(cfg)
-        self.head = None
-        if not weight_tying:
-            self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size)
-            with torch.no_grad():
-                self.head.weight.copy_(embedding)
-                self.head.bias.zero_()
+        self.head = None if weight_tying else untied_head(embedding)
 
     def hidden(self, contexts: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """(B, L, d_c) C*, (B, k) id windows -> (B, d_e)."""
@@ -148,9 +168,7 @@ class TokenModel(nn.Module):
 
     def head_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The output layer as (weight (V, d_e), bias (V,) or None): E itself when tied."""
-        if self.head is None:
-            return self.embedding, None
-        return self.head.weight, self.head.bias
+        return head_parameters(self.embedding, self.head)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, d_e) -> (B, V)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +164,18 @@ class Phase2Result:
     seconds: float
 
 
+@dataclass
+class TrainingTask:
+    """What the epoch loop needs of a model and its data; phase 2 and the neural baselines fill it in."""
+
+    examples: int  # items an epoch shuffles (positions, or sequences of positions)
+    batch_examples: int  # items per optimizer step
+    tokens: int  # predicted tokens per epoch: the train loss is per token
+    batches: Callable[[np.ndarray], Iterator]  # an order of items -> its batches, batch_examples items each
+    loss: Callable[[object], tuple[torch.Tensor, int]]  # a batch -> (mean loss, tokens it predicts)
+    validate: Callable[[], tuple[float, float]]  # -> (validation loss, validation accuracy)
+
+
 def train_token_model(
     model: TokenModel,
     train: SplitData,
@@ -171,6 +184,28 @@ def train_token_model(
     device: torch.device,
     generator: torch.Generator,
     checkpoint: Checkpoint | None = None,
+) -> Phase2Result:
+    """Phase 2: the TokenModel trained on the C* of `train`, validated on `val` after every epoch."""
+
+    def loss(batch) -> tuple[torch.Tensor, int]:
+        contexts, windows, targets = batch
+        return training_loss(model, contexts, windows, targets, params.precision, device), len(targets)
+
+    task = TrainingTask(
+        examples=len(train), batch_examples=params.batch_size, tokens=len(train),
+        batches=lambda order: train.batches(order, params.batch_size, device), loss=loss,
+        validate=lambda: evaluate_split(model, val, device, params.precision, desc="validate"),
+    )
+    return train_epochs(model, task, params, generator, checkpoint, "train_token")
+
+
+def train_epochs(
+    model: torch.nn.Module,
+    task: TrainingTask,
+    params: Phase2Params,
+    generator: torch.Generator,
+    checkpoint: Checkpoint | None,
+    name: str,
 ) -> Phase2Result:
     """Adam over shuffled (seeded) batches; validation after every epoch; early stop after
     `patience` epochs without a better validation loss; returns the best epoch's weights.
@@ -187,7 +222,7 @@ def train_token_model(
         model.load_state_dict(saved["model"], strict=False)  # strict=False: frozen E is not saved
         optimizer.load_state_dict(saved["optimizer"])
         run = saved["run"]
-        print(f"train_token: resuming from {checkpoint.folder} at epoch {run['epoch']}, step {run['step']}", flush=True)
+        print(f"{name}: resuming from {checkpoint.folder} at epoch {run['epoch']}, step {run['step']}", flush=True)
     start, seconds_before = time.perf_counter(), run["seconds"]
 
     def save() -> None:
@@ -195,25 +230,25 @@ def train_token_model(
             run["seconds"] = seconds_before + time.perf_counter() - start
             checkpoint.save({"model": trained_state(model), "optimizer": optimizer.state_dict(), "run": run})
 
-    steps_per_epoch = math.ceil(len(train) / params.batch_size)
+    steps_per_epoch = math.ceil(task.examples / task.batch_examples)
     while run["epoch"] <= params.epochs and not run["stopped"]:
         epoch = run["epoch"]
         generator.set_state(run["epoch_rng"])
-        order = block_shuffled_order(len(train), generator)
+        order = block_shuffled_order(task.examples, generator)
         model.train()
-        bar = progress(total=steps_per_epoch, initial=run["step"], desc=f"phase 2 epoch {epoch}/{params.epochs}", unit="step")
-        for contexts, windows, targets in train.batches(order[run["step"] * params.batch_size :], params.batch_size, device):
-            loss = training_loss(model, contexts, windows, targets, params.precision, device)
+        bar = progress(total=steps_per_epoch, initial=run["step"], desc=f"{name} epoch {epoch}/{params.epochs}", unit="step")
+        for batch in task.batches(order[run["step"] * task.batch_examples :]):
+            loss, tokens = task.loss(batch)
             if not torch.isfinite(loss):
                 raise CtxlmError(
-                    f"train_token: loss became {loss.item()} at epoch {epoch}, step {run['step'] + 1}; "
+                    f"{name}: loss became {loss.item()} at epoch {epoch}, step {run['step'] + 1}; "
                     f"lower phase2.lr (now {params.lr}) or use phase2.precision: fp32"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, params.gradient_clip)
             optimizer.step()
-            run["loss_sum"] += loss.item() * len(targets)
+            run["loss_sum"] += loss.item() * tokens
             run["step"] += 1
             if run["step"] % 50 == 1:
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
@@ -221,13 +256,13 @@ def train_token_model(
             if checkpoint and checkpoint.due():
                 save()
         bar.close()
-        train_loss = run["loss_sum"] / len(train)
-        val_loss, val_acc = evaluate_split(model, val, device, params.precision, desc="validate")
+        train_loss = run["loss_sum"] / task.tokens
+        val_loss, val_acc = task.validate()
         run["history"].append(
             {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
              "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_acc": val_acc}
         )
-        print(f"epoch {epoch}: train ppl {math.exp(train_loss):.1f}, val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}", flush=True)
+        print(f"{name} epoch {epoch}: train ppl {math.exp(train_loss):.1f}, val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}", flush=True)
         if val_loss < run["best_loss"]:
             run.update(best_loss=val_loss, best_epoch=epoch, stale=0, best_state=trained_state(model))
         else:

@@ -58,12 +58,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(folder: Path, meta: dict) -> None:
-    files = {
-        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+def write_manifest(folder: Path, meta: dict, checksums: dict[str, str] | None = None) -> None:
+    """List every file of `folder` with its size and SHA-256; `checksums` (relative name -> SHA-256)
+    are ones the caller has just computed, not computed again."""
+    checksums = checksums or {}
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        name = str(p.relative_to(folder))
+        if p.is_file() and p.name != MANIFEST:
+            files[name] = {"bytes": p.stat().st_size, "sha256": checksums.get(name) or sha256(p)}
     write_json_atomic(folder / MANIFEST, {"meta": meta, "files": files})
 
 
@@ -220,8 +223,8 @@ class CstarReader:
         runs of consecutive rows (sorted indices need no second buffer)."""
         index = np.asarray(index, dtype=np.int64)
         is_sorted = bool(np.all(np.diff(index) >= 0))
-        order = np.arange(len(index)) if is_sorted else np.argsort(index, kind="stable")
-        ordered = index[order]
+        order = None if is_sorted else np.argsort(index, kind="stable")
+        ordered = index if is_sorted else index[order]
         stored = np.empty((len(index), *self.row_shape), dtype=self.dtype)
         breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
         for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(index)]])):

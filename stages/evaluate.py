@@ -31,7 +31,9 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
 
         rng = np.random.default_rng(params.seed)
         rows = np.sort(rng.choice(len(val_cstar), size=min(params.evaluate.rank_rows, len(val_cstar)), replace=False))
-        rank = effective_rank(val_cstar.gather(rows)[:, -1])
+        sample = val_cstar.gather(rows)  # (rank_rows, L, d_c)
+        ranks = {f"layer_{l + 1}": effective_rank(sample[:, l]) for l in range(sample.shape[1])}
+        rank = ranks[f"layer_{sample.shape[1]}"]  # the final layer's C*: what OACD acts on
 
         phase2 = json.loads(Path("metrics/train_token.json").read_text())
         val_ppl = math.exp(val_loss)
@@ -47,6 +49,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             "epochs_run": phase2["epochs_run"],
             "effective_rank": rank,
             "effective_rank_ratio": rank / cfg.context_dim,
+            "effective_rank_by_layer": ranks,
             "params_total": count(context_block) + count(model),
             "params_trainable": count(context_block) + trainable_phase2,
             "params_trainable_phase1": count(context_block),

@@ -26,10 +26,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         params = load_params(params_file)
         meta, train, _, embedding = load_token_folder(Path("data/tokens"))
         m = params.model
-        cfg = ModelConfig(
-            vocab_size=embedding.shape[0], embed_dim=embedding.shape[1], context_dim=m.context_dim,
-            num_layers=m.num_layers, num_input_tokens=m.num_input_tokens, token_input_all_layers=m.token_input_all_layers,
-        )
+        cfg = ModelConfig.from_params(m, embedding)
         device = pick_device()
         generator = seed_everything(params.seed)
         block = ContextBlock(cfg).to(device)

@@ -21,7 +21,9 @@ TINY = {
     "phase1": {"max_iterations": 3, "batch_tokens": 1000},
     "phase2": {"epochs": 2, "patience": 1, "batch_size": 256},
     "evaluate": {"rank_rows": 500},
+    "baselines": {"seq_len": 32, "transformer_layers": 1},
 }
+BASELINES = {"baseline_ngram", "baseline_neural@lstm", "baseline_neural@transformer"}
 QUALITY = ["val_ppl", "val_acc", "train_ppl", "best_epoch", "effective_rank", "params_total", "params_trainable"]
 
 
@@ -67,7 +69,7 @@ def repo(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
     first = sh(repo, "dvc", "repro")
-    assert ran_stages(first.stdout) == {"prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate", "baseline_ngram"}
+    assert ran_stages(first.stdout) == {"prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate", *BASELINES}
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     for key in QUALITY:
         assert math.isfinite(metrics[key]), key
@@ -80,17 +82,21 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == set()
 
     exp = sh(repo, "dvc", "exp", "run", "-S", "model.freeze_embedding=false")
-    assert ran_stages(exp.stdout) == {"train_token", "evaluate"}
+    assert ran_stages(exp.stdout) == {"train_token", "evaluate", "baseline_neural@lstm", "baseline_neural@transformer"}
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json").stdout)
     changed = diff["metrics/eval.json"]
     assert "val_ppl" in changed and changed["params_trainable"]["diff"] == 30522 * 384
 
     layers = sh(repo, "dvc", "exp", "run", "-S", "model.num_layers=2")
-    assert ran_stages(layers.stdout) == {"train_context", "generate_cstar", "train_token", "evaluate"}
+    assert ran_stages(layers.stdout) == {"train_context", "generate_cstar", "train_token", "evaluate", "baseline_neural@lstm", "baseline_neural@transformer"}
     shown = sh(repo, "dvc", "exp", "show", "--json").stdout
     assert "val_ppl" in shown
-    baseline = json.loads((repo / "metrics/baselines/kneser_ney.json").read_text())
-    assert math.isfinite(baseline["val_ppl"]) and 0 <= baseline["val_acc"] <= 1
+    for name in ("kneser_ney", "lstm", "transformer"):
+        baseline = json.loads((repo / f"metrics/baselines/{name}.json").read_text())
+        assert math.isfinite(baseline["val_ppl"]) and 0 <= baseline["val_acc"] <= 1, name
+    lstm = json.loads((repo / "metrics/baselines/lstm.json").read_text())
+    two_layers = json.loads((repo / "metrics/eval.json").read_text())  # the last experiment's
+    assert lstm["params_trainable_body"] == pytest.approx(two_layers["params_trainable"], rel=0.01)
 
 
 @pytest.mark.slow
@@ -143,8 +149,8 @@ def test_a_killed_repro_resumes_and_matches_an_uninterrupted_run(repo: Path):
     assert not (repo / "data/token_model").exists()
 
     resumed = sh(repo, "dvc", "repro", **every_step)
-    # the stages done before the kill stay done (baseline_ngram is independent: DVC may not have reached it)
-    assert ran_stages(resumed.stdout) - {"baseline_ngram"} == {"train_token", "evaluate"}
+    # the stages done before the kill stay done (the baselines are independent: DVC may not have reached them)
+    assert ran_stages(resumed.stdout) - BASELINES == {"train_token", "evaluate"}
     assert "train_token: resuming from data/checkpoints/train_token at epoch" in resumed.stdout
     assert not checkpoint.parent.exists()  # a finished stage removes its checkpoint
     after_kill = json.loads((repo / "metrics/eval.json").read_text())

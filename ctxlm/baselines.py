@@ -1,0 +1,194 @@
+"""Standard language models on ctxlm's tokens: an LSTM and a small GPT-2, as baselines.
+
+They read the same input features x_t = LayerNorm(E[t]) and predict through the same head (E tied,
+or an untied copy of E) as ctxlm; only the body between them differs. Each body is sized so that
+its trainable parameters match ctxlm's trained blocks (ContextBlock + TokenBlock), and it is
+trained by phase 2's loop (train_epochs): same optimiser, batch tokens, epochs and early stopping.
+
+Shapes: S sequences, T = seq_len positions, d_e embedding width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GPT2Config, GPT2Model
+
+from ctxlm.checkpoint import Checkpoint
+from ctxlm.config import Phase2Params
+from ctxlm.metrics import count
+from ctxlm.model import ContextBlock, ModelConfig, TokenBlock, head_parameters, input_features, untied_head
+from ctxlm.phase2 import ChunkedLinearCrossEntropy, Phase2Result, TrainingTask, train_epochs
+from ctxlm.runtime import autocast, progress
+from ctxlm.shards import TokenSplit
+
+KINDS = ("lstm", "transformer")
+IGNORE = -100  # target of a padded or already-scored position
+HEADS = 4  # attention heads of the transformer; its width is a multiple of this
+
+
+class LSTMBody(nn.Module):
+    """One LSTM layer of width `hidden`, projected back to d_e."""
+
+    def __init__(self, embed_dim: int, hidden: int):
+        super().__init__()
+        self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(S, T, d_e) -> (S, T, d_e)."""
+        return self.out(self.lstm(x)[0])
+
+
+class TransformerBody(nn.Module):
+    """transformers' GPT2Model (causal, learned positions, no dropout) of width `width`, fed
+    projected input features instead of its own token embedding, projected back to d_e."""
+
+    def __init__(self, embed_dim: int, width: int, layers: int, seq_len: int):
+        super().__init__()
+        config = GPT2Config(vocab_size=1, n_positions=seq_len, n_embd=width, n_layer=layers, n_head=HEADS,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+        self.inp = nn.Linear(embed_dim, width)
+        self.gpt = GPT2Model(config)
+        self.gpt.wte.requires_grad_(False)  # never used: inputs_embeds replaces it
+        self.out = nn.Linear(width, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(S, T, d_e) -> (S, T, d_e)."""
+        return self.out(self.gpt(inputs_embeds=self.inp(x)).last_hidden_state)
+
+
+class BaselineLM(nn.Module):
+    """x_t = LN(E[t]) -> body -> LayerNorm -> head; E frozen or trained, the head tied or an untied copy."""
+
+    def __init__(self, body: nn.Module, embedding: torch.Tensor, weight_tying: bool, freeze_embedding: bool):
+        super().__init__()
+        self.embedding = nn.Parameter(embedding.clone().float(), requires_grad=not freeze_embedding)
+        self.body = body
+        self.norm = nn.LayerNorm(embedding.shape[1])
+        self.head = None if weight_tying else untied_head(embedding)
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """(S, T) ids -> (S, T, d_e)."""
+        return self.norm(self.body(input_features(self.embedding, ids[..., None])))
+
+    def head_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return head_parameters(self.embedding, self.head)
+
+
+def _closest_width(target: int, widths: range, build: Callable[[int], nn.Module]) -> int:
+    """The width whose body (+ the final LayerNorm) has trainable parameters closest to `target`
+    (they grow with the width, so a bisection finds it)."""
+    def trainable(width: int) -> int:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation work
+            return count(build(width), trainable_only=True)
+    first_above = bisect.bisect_left(widths, target, key=trainable)
+    candidates = widths[max(0, first_above - 1) : first_above + 1]
+    return min(candidates, key=lambda width: abs(trainable(width) - target))
+
+
+def build_baseline(kind: str, cfg: ModelConfig, embedding: torch.Tensor, weight_tying: bool, freeze_embedding: bool,
+                   seq_len: int, transformer_layers: int) -> BaselineLM:
+    """A baseline whose trainable body has about as many parameters as ctxlm's ContextBlock + TokenBlock
+    of `cfg` (both sides share E and the head, so those are left out of the match)."""
+    with torch.device("meta"):
+        target = count(ContextBlock(cfg)) + count(TokenBlock(cfg))
+    d_e = cfg.embed_dim
+    if kind == "lstm":
+        build = lambda hidden: nn.Sequential(LSTMBody(d_e, hidden), nn.LayerNorm(d_e))  # noqa: E731
+        body = LSTMBody(d_e, _closest_width(target, range(4, 4097, 4), build))
+    elif kind == "transformer":
+        build = lambda width: nn.Sequential(TransformerBody(d_e, width, transformer_layers, seq_len), nn.LayerNorm(d_e))  # noqa: E731
+        body = TransformerBody(d_e, _closest_width(target, range(HEADS * 8, 4097, HEADS), build), transformer_layers, seq_len)
+    else:
+        raise ValueError(f"unknown baseline {kind!r}; one of {', '.join(KINDS)}")
+    return BaselineLM(body, embedding, weight_tying, freeze_embedding)
+
+
+class SequenceData:
+    """A split cut into windows of at most T input positions, none crossing a document boundary.
+
+    Window j reads ids[start_j : start_j + length_j] and predicts each next token, except its first
+    skip_j positions (already scored by the window before). Windows step by `stride` through each
+    document: stride = T makes disjoint training sequences; stride < T lets validation give every
+    position at least T - stride tokens of context, while each position is still scored exactly once
+    (the same positions as ctxlm's: every token with a next token in its document)."""
+
+    def __init__(self, tokens: TokenSplit, seq_len: int, stride: int):
+        self.ids = torch.from_numpy(np.asarray(tokens.ids, dtype=np.int64))  # (N,)
+        self.seq_len = seq_len
+        offsets = tokens.offsets.astype(np.int64)
+        positions = np.maximum(offsets[1:] - offsets[:-1] - 1, 0)  # (D,) predicted positions per document
+        windows = 1 + np.maximum(0, -(-(positions - seq_len) // stride))  # (D,) ceil, at least one
+        windows[positions == 0] = 0
+        doc = np.repeat(np.arange(len(positions)), windows)
+        step = np.arange(len(doc)) - np.repeat(np.cumsum(windows) - windows, windows)  # window index in its document
+        self.starts = offsets[:-1][doc] + step * stride  # (W,)
+        self.lengths = np.minimum(seq_len, offsets[1:][doc] - 1 - self.starts)  # (W,)
+        self.skips = np.where(step == 0, 0, seq_len - stride)  # (W,)
+        self.tokens = int(positions.sum())
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, index: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows `index` -> (S, T) input ids (padding 0) and (S, T) targets (IGNORE where not scored)."""
+        column = torch.arange(self.seq_len)
+        start = torch.from_numpy(self.starts[index])[:, None] + column  # (S, T)
+        scored = (column < torch.from_numpy(self.lengths[index])[:, None]) & (column >= torch.from_numpy(self.skips[index])[:, None])
+        inputs = self.ids[start.clamp(max=len(self.ids) - 1)]
+        targets = torch.where(scored, self.ids[(start + 1).clamp(max=len(self.ids) - 1)], IGNORE)
+        return inputs.to(device), targets.to(device)
+
+    def batches(self, order: np.ndarray, sequences: int, device: torch.device):
+        for a in range(0, len(order), sequences):
+            yield self.batch(order[a : a + sequences], device)
+
+
+def sequence_loss(model: BaselineLM, inputs: torch.Tensor, targets: torch.Tensor, precision: str, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over the scored positions, through phase 2's chunked head."""
+    with autocast(precision, device):
+        hidden = model.hidden(inputs)
+    scored = targets != IGNORE
+    weight, bias = model.head_parameters()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    loss = ChunkedLinearCrossEntropy.apply(hidden[scored].float(), weight, bias, targets[scored], dtype, 128)
+    return loss, int(scored.sum())
+
+
+@torch.no_grad()
+def evaluate_sequences(model: BaselineLM, data: SequenceData, device: torch.device, precision: str = "fp32",
+                       sequences: int = 32, desc: str = "evaluate") -> tuple[float, float]:
+    """Mean cross-entropy (nats) and argmax accuracy over every scored position of the split."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    bar = progress(total=data.tokens, desc=desc, unit="tok", unit_scale=True, leave=False)
+    for inputs, targets in data.batches(np.arange(len(data)), sequences, device):
+        with autocast(precision, device):
+            hidden = model.hidden(inputs)
+        scored = targets != IGNORE
+        weight, bias = model.head_parameters()
+        logits = F.linear(hidden[scored].float(), weight, bias)
+        loss_sum += F.cross_entropy(logits, targets[scored], reduction="sum").item()
+        correct += (logits.argmax(dim=1) == targets[scored]).sum().item()
+        bar.update(int(scored.sum()))
+    bar.close()
+    return loss_sum / data.tokens, correct / data.tokens
+
+
+def train_baseline(model: BaselineLM, train: SequenceData, val: SequenceData, params: Phase2Params, device: torch.device,
+                   generator: torch.Generator, checkpoint: Checkpoint | None, name: str) -> Phase2Result:
+    """Phase 2's loop on whole sequences: phase2.batch_size // seq_len of them a step."""
+    sequences = max(1, params.batch_size // train.seq_len)
+    task = TrainingTask(
+        examples=len(train), batch_examples=sequences, tokens=train.tokens,
+        batches=lambda order: train.batches(order, sequences, device),
+        loss=lambda batch: sequence_loss(model, *batch, params.precision, device),
+        validate=lambda: evaluate_sequences(model, val, device, params.precision, desc="validate"),
+    )
+    return train_epochs(model, task, params, generator, checkpoint, name)
