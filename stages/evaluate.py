@@ -54,6 +54,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             "params_trainable": count(context_block) + trainable_phase2,
             "params_trainable_phase1": count(context_block),
             "params_trainable_phase2": trainable_phase2,
+            "params_blocks": count(context_block) + count(model.token_block),  # without E and head: what baselines match
             "params_embedding": model.embedding.numel(),
             "params_head": head,
             "val_tokens": len(val_tokens),

@@ -1,6 +1,13 @@
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ctxlm.model import ContextBlock, ModelConfig
 from ctxlm.shards import save_tokens, TokenSplit
@@ -48,3 +55,55 @@ class Dying:
         if self.calls == self.kill_at:
             raise Killed
         return self.fn(*args, **kwargs)
+
+
+# ---- end-to-end: the real DVC pipeline in a temporary git repository ------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "ctxlm"]
+TINY = {
+    "data": {"max_train_tokens": 3000, "max_val_tokens": 1200},
+    "model": {"context_dim": 16},
+    "phase1": {"max_iterations": 3, "batch_tokens": 1000},
+    "phase2": {"epochs": 2, "patience": 1, "batch_size": 256},
+    "evaluate": {"rank_rows": 500},
+    "baselines": {"seq_len": 32, "transformer_layers": 1},
+}
+ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def sh(repo: Path, *cmd: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=repo, env={**ENV, **env}, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def write_params(folder: Path, overrides: dict, base: Path | None = None) -> None:
+    """Write folder/params.yaml: `base` (default: the folder's own params.yaml) with sections updated by `overrides`."""
+    params = yaml.safe_load(((base or folder) / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git + DVC repository holding the project's pipeline with TINY params."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(src, repo / name)
+    write_params(repo, TINY)
+    sh(repo, "git", "init", "-q", "-b", "main")
+    sh(repo, "dvc", "init", "-q")
+    return repo

@@ -14,11 +14,11 @@ import yaml
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
+from conftest import REPO, write_params
 from ctxlm.config import Params, load_params
 from ctxlm.errors import CtxlmError
 from stages import prepare, tokenize
 
-REPO = Path(__file__).resolve().parents[1]
 DELETE = object()
 
 
@@ -101,10 +101,7 @@ def test_every_bad_param_is_named(tmp_path, what, key, value, message):
 
 def run_stage(app, folder: Path, monkeypatch, **params):
     """Run a stage CLI in `folder` with the repository's params plus `params` ({section: {key: value}})."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in params.items():
-        raw[section].update(values)
-    (folder / "params.yaml").write_text(yaml.safe_dump(raw))
+    write_params(folder, params, base=REPO)
     monkeypatch.chdir(folder)
     return CliRunner().invoke(app, [])
 

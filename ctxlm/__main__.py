@@ -1,0 +1,5 @@
+"""`python -m ctxlm` = the `ctxlm` command."""
+
+from ctxlm.commands import app
+
+app()

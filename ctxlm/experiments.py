@@ -1,0 +1,102 @@
+"""The seed's five comparisons (DESIGN.md, "The seed's findings") as named DVC experiments.
+
+Each comparison sets two experiments side by side; experiments shared by two comparisons run once.
+They run at a reduced size (SIZE) so that all of them finish in about half an hour on a 2-core CPU,
+and only up to `evaluate` (the baselines are compared at full size, in the main workspace).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import dataclass
+
+from ctxlm.errors import CtxlmError
+
+PREFIX = "seed-"
+SIZE = {
+    "data.max_train_tokens": "50000",
+    "data.max_val_tokens": "25000",
+    "phase1.max_iterations": "30",
+    "phase2.epochs": "8",
+}
+EXPERIMENTS = {  # name (without PREFIX) -> the switches it sets beyond SIZE
+    "base": {},
+    "trained-embedding": {"model.freeze_embedding": "false"},
+    "untied": {"model.weight_tying": "false"},
+    "no-noise": {"phase1.context_noise": "0"},
+    "layers-3": {"model.num_layers": "3"},
+    "layers-6": {"model.num_layers": "6"},
+    "layers-3-first-input": {"model.num_layers": "3", "model.token_input_all_layers": "false"},
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # a key of report.experiment_metrics
+    label: str
+    higher_is_better: bool
+    unit: str = ""  # "%" (a fraction shown in per cent), "x" (a factor), "M" (millions), "s"
+
+
+@dataclass(frozen=True)
+class Setting:
+    label: str
+    experiment: str  # a key of EXPERIMENTS
+    seed: tuple[float | None, ...]  # the seed's figures for the comparison's metrics (DESIGN.md); None: not reported
+
+
+@dataclass(frozen=True)
+class Comparison:
+    title: str
+    metrics: tuple[Metric, ...]
+    a: Setting
+    b: Setting
+    note: str = ""
+
+
+PPL = Metric("val_ppl", "val PPL", higher_is_better=False)
+ACC = Metric("val_acc", "val acc", higher_is_better=True, unit="%")
+ER = Metric("effective_rank_ratio", "val ER", higher_is_better=True, unit="%")
+
+COMPARISONS = (
+    Comparison("Embedding: trained or frozen", (PPL, ACC),
+               Setting("trained", "trained-embedding", (1189, 0.116)), Setting("frozen", "base", (334, 0.189))),
+    Comparison("Weight tying", (Metric("params_total", "total params", False, "M"), PPL),
+               Setting("off", "untied", (91.43e6, None)), Setting("on", "base", (52.78e6, None)),
+               note="The seed counted parameters with GPT-2's dimensions (V 50,257, d_e 768); ours are MiniLM's (V 30,522, d_e 384)."),
+    Comparison("ContextBlock layers", (ER, Metric("val_ppl", "best PPL", False), Metric("phase1_seconds", "phase-1 time", False, "s")),
+               Setting("3", "layers-3", (0.695, 775, 46.5)), Setting("6", "layers-6", (0.614, 996, 79.4))),
+    Comparison("Context noise in phase 1", (Metric("epochs_improving", "epochs improving", True),
+                                            Metric("val_train_ppl_gap", "val/train PPL", False, "x"), ACC),
+               Setting("0", "no-noise", (1, 101, 0.174)), Setting("0.1", "base", (6, 8.3, 0.208))),
+    Comparison("Token input at every ContextBlock layer (3 layers)", (ER, PPL, ACC),
+               Setting("yes", "layers-3", (0.763, 334, 0.189)), Setting("no (first layer only)", "layers-3-first-input", (0.086, 536, 0.154))),
+)
+
+
+def queue_commands(size: dict[str, str] = SIZE) -> list[list[str]]:
+    """The `dvc exp run --queue` command of each experiment, then the one that runs the queue."""
+    commands = []
+    for name, switches in EXPERIMENTS.items():
+        command = ["dvc", "exp", "run", "--queue", "-n", PREFIX + name]
+        for key, value in {**size, **switches}.items():
+            command += ["-S", f"{key}={value}"]
+        commands.append([*command, "evaluate"])
+    return [*commands, ["dvc", "exp", "run", "--run-all", "--jobs", "1"]]
+
+
+def run_seed_experiments(size_overrides: list[str], dry_run: bool = False) -> None:
+    """Queue every experiment and run the queue (one at a time: parallel runs would share 2 cores).
+
+    `size_overrides` ("key=value") replace or extend SIZE, e.g. for a smaller trial."""
+    size = dict(SIZE)
+    for override in size_overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise CtxlmError(f"-S {override!r}: expected key=value, e.g. -S data.max_train_tokens=20000")
+        size[key] = value
+    for command in queue_commands(size):
+        print("$ " + shlex.join(command), flush=True)
+        if not dry_run:
+            subprocess.run(command, check=True)

@@ -1,0 +1,92 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ctxlm.baselines import IGNORE, KINDS, SequenceData, build_baseline, evaluate_sequences, train_baseline
+from ctxlm.config import Phase2Params
+from ctxlm.metrics import count
+from ctxlm.model import ContextBlock, ModelConfig, TokenBlock
+from ctxlm.shards import TokenSplit, save_tokens
+
+CPU = torch.device("cpu")
+
+
+def scored_positions(data: SequenceData) -> tuple[list[int], list[int]]:
+    """Every scored position (index of the input token) and the context it had (tokens before it in its window)."""
+    positions, context = [], []
+    for w in range(len(data)):
+        _, targets = data.batch(np.array([w]), CPU)
+        for column in np.flatnonzero(targets[0].numpy() != IGNORE):
+            positions.append(int(data.starts[w]) + int(column))
+            context.append(int(column))
+    return positions, context
+
+
+@pytest.mark.parametrize("seq_len, stride", [(8, 8), (8, 4), (8, 3), (5, 1)])
+def test_windows_score_every_position_with_a_next_token_exactly_once(tmp_path, seq_len, stride):
+    lengths = [1, 2, 8, 9, 17, 30]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = np.arange(offsets[-1]) % 50
+    save_tokens(tmp_path, "val", ids, offsets)
+    tokens = TokenSplit(tmp_path, "val")
+    data = SequenceData(tokens, seq_len, stride)
+    positions, context = scored_positions(data)
+    assert sorted(positions) == np.flatnonzero(tokens.has_next()).tolist()  # ctxlm's positions, each once
+    assert data.tokens == len(positions)
+    doc_of = np.searchsorted(offsets, np.arange(offsets[-1]), side="right") - 1
+    for w in range(len(data)):  # no window reads across a document boundary
+        a, n = int(data.starts[w]), int(data.lengths[w])
+        assert doc_of[a] == doc_of[a + n]  # its last target is in the same document
+    start_of_doc = offsets[doc_of[np.array(positions)]]
+    # each position sees at least seq_len - stride tokens before it, or its whole document so far
+    assert all(c >= min(seq_len - stride, p - s) for c, p, s in zip(context, positions, start_of_doc))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_baseline_body_has_about_ctxlm_s_trained_parameters(kind):
+    cfg = ModelConfig(vocab_size=100, embed_dim=96, context_dim=256, num_layers=1)
+    target = count(ContextBlock(cfg)) + count(TokenBlock(cfg))
+    model = build_baseline(kind, cfg, torch.randn(100, 96), weight_tying=True, freeze_embedding=True, seq_len=16, transformer_layers=1)
+    assert count(model.body, trainable_only=True) + count(model.norm) == pytest.approx(target, rel=0.05)
+    assert count(model, trainable_only=True) == count(model.body, trainable_only=True) + count(model.norm)  # E frozen, tied
+
+
+def test_untied_and_trained_embedding_are_trainable_like_ctxlm_s():
+    cfg = ModelConfig(vocab_size=100, embed_dim=32, context_dim=32)
+    embedding = torch.randn(100, 32)
+    tied = build_baseline("lstm", cfg, embedding, weight_tying=True, freeze_embedding=True, seq_len=16, transformer_layers=1)
+    untied = build_baseline("lstm", cfg, embedding, weight_tying=False, freeze_embedding=False, seq_len=16, transformer_layers=1)
+    assert count(untied, trainable_only=True) - count(tied, trainable_only=True) == 100 * 32 + (100 * 32 + 100)
+    assert torch.equal(untied.head.weight, embedding)  # the untied head starts as a copy of E
+
+
+def tiny_language(tmp_path, split: str, seed: int, docs: int) -> TokenSplit:
+    """Documents of phrases drawn from 12 fixed phrases over 40 words: predictable from the last tokens."""
+    rng = np.random.default_rng(0)
+    phrases = [rng.integers(0, 40, rng.integers(3, 7)) for _ in range(12)]
+    rng = np.random.default_rng(seed)
+    documents = [np.concatenate([phrases[j] for j in rng.integers(0, 12, 12)]) for _ in range(docs)]
+    save_tokens(tmp_path, split, np.concatenate(documents), np.concatenate([[0], np.cumsum([len(d) for d in documents])]))
+    return TokenSplit(tmp_path, split)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_baseline_learns_and_beats_a_unigram_model(tmp_path, kind):
+    torch.manual_seed(0)
+    train_tokens, val_tokens = tiny_language(tmp_path, "train", 1, 60), tiny_language(tmp_path, "val", 2, 10)
+    cfg = ModelConfig(vocab_size=40, embed_dim=32, context_dim=48)
+    model = build_baseline(kind, cfg, torch.randn(40, 32), weight_tying=True, freeze_embedding=True, seq_len=16, transformer_layers=1)
+    train, val = SequenceData(train_tokens, 16, 16), SequenceData(val_tokens, 16, 8)
+    params = Phase2Params(epochs=6, patience=6, batch_size=64, lr=0.01, gradient_clip=1.0, precision="fp32")
+    result = train_baseline(model, train, val, params, CPU, torch.Generator().manual_seed(0), None, kind)
+    model.load_state_dict(result.best_state, strict=False)
+    val_loss, val_acc = evaluate_sequences(model, val, CPU)
+
+    counts = np.bincount(np.asarray(train_tokens.ids), minlength=40) + 1.0
+    targets = np.asarray(val_tokens.ids)[1:][val_tokens.has_next()[:-1]]
+    unigram_loss = float(-np.log(counts[targets] / counts.sum()).mean())
+    assert val_loss < 0.7 * unigram_loss and val_acc > 0.3
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert math.isclose(val_loss, result.history[result.best_epoch - 1]["val_loss"], rel_tol=1e-5)

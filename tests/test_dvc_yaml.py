@@ -1,0 +1,49 @@
+"""dvc.yaml lists, for each stage, exactly the ctxlm modules its program imports (directly or not):
+a missing one would let DVC reuse a stale result after that module changes; an extra one reruns
+the stage for nothing."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+
+def ctxlm_imports(path: Path) -> set[str]:
+    """The ctxlm modules a file imports, by module name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ctxlm":
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "ctxlm")
+    return found
+
+
+def closure(path: Path) -> set[str]:
+    """Source files of every ctxlm module that importing `path` loads (ctxlm/__init__ always does)."""
+    seen, todo = set(), {"ctxlm", *ctxlm_imports(path)}
+    while todo:
+        module = todo.pop()
+        file = REPO / (module.replace(".", "/") + ("/__init__.py" if module == "ctxlm" else ".py"))
+        if file.as_posix() in seen:
+            continue
+        seen.add(file.as_posix())
+        todo |= ctxlm_imports(file)
+    return {str(Path(f).relative_to(REPO)) for f in seen}
+
+
+def stages() -> list[tuple[str, dict]]:
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        yield name, stage.get("do", stage)
+
+
+@pytest.mark.parametrize("name, stage", list(stages()), ids=[name for name, _ in stages()])
+def test_stage_deps_are_the_modules_its_program_imports(name, stage):
+    program = stage["cmd"].split()[2]  # python -m stages.<name> ...
+    deps = set(stage["deps"])
+    source = program.replace(".", "/") + ".py"
+    assert source in deps
+    assert {d for d in deps if d.startswith("ctxlm")} == closure(REPO / source)
