@@ -148,11 +148,9 @@ def baseline_rows() -> list[str]:
     return table
 
 
-def _save_single(fig, ax, path: Path, xlabel: str, ylabel: str, log_y: bool) -> None:
+def _save_single(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if log_y:
-        ax.set_yscale("log")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -169,7 +167,6 @@ def plot_comparison_curves(experiments: dict[str, dict], path: Path) -> None:
             ax.plot(curve["epoch"], curve["val_ppl"], style, marker="o", label=f"{setting.label}")
         ax.set_title(comparison.title, fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_yscale("log")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("validation PPL")
@@ -186,7 +183,7 @@ def plot_rank_by_layer(experiments: dict[str, dict], path: Path) -> None:
         if ranks:
             layers = sorted(ranks, key=lambda key: int(key.split("_")[1]))
             ax.plot([int(key.split("_")[1]) for key in layers], [ranks[k] / experiment["context_dim"] for k in layers], marker="o", label=PREFIX + name)
-    _save_single(fig, ax, path, "ContextBlock layer", "effective rank / d_c", log_y=False)
+    _save_single(fig, ax, path, "ContextBlock layer", "effective rank / d_c")
 
 
 def plot_baseline_curves(path: Path) -> bool:
@@ -197,7 +194,7 @@ def plot_baseline_curves(path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for label, curve in curves.items():
         ax.plot(curve["epoch"], curve["val_ppl"], marker="o", label=label)
-    _save_single(fig, ax, path, "epoch", "validation PPL", log_y=True)
+    _save_single(fig, ax, path, "epoch", "validation PPL")
     return bool(curves)
 
 
