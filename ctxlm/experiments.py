@@ -67,7 +67,7 @@ COMPARISONS = (
                note="The seed counted parameters with GPT-2's dimensions (V 50,257, d_e 768); ours are MiniLM's (V 30,522, d_e 384)."),
     Comparison("ContextBlock layers", (ER, Metric("val_ppl", "best PPL", False), Metric("phase1_seconds", "phase-1 time", False, "s")),
                Setting("3", "layers-3", (0.695, 775, 46.5)), Setting("6", "layers-6", (0.614, 996, 79.4))),
-    Comparison("Context noise in phase 1", (Metric("epochs_improving", "epochs improving", True),
+    Comparison("Context noise in phase 1", (Metric("epochs_improving", "epochs improving (new best val PPL)", True),
                                             Metric("val_train_ppl_gap", "val/train PPL", False, "x"), ACC),
                Setting("0", "no-noise", (1, 101, 0.174)), Setting("0.1", "base", (6, 8.3, 0.208))),
     Comparison("Token input at every ContextBlock layer (3 layers)", (ER, PPL, ACC),

@@ -24,6 +24,7 @@ from ctxlm.errors import CtxlmError  # noqa: E402
 from ctxlm.experiments import COMPARISONS, EXPERIMENTS, PREFIX, Comparison, Metric  # noqa: E402
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
+COMMITS = 10  # how far back (in commits) the report looks for the seed experiments
 SAME_WITHIN = 0.01  # a relative change smaller than this has no direction (run-to-run noise)
 STAGE_METRICS = ("train_context", "generate_cstar", "train_token", "eval")  # ctxlm's training and scoring stages
 
@@ -60,11 +61,14 @@ def _switches(commit_params: dict, experiment_params: dict) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in after.items() if before.get(key) != value]
 
 
-def load_experiments() -> dict[str, dict]:
-    """The seed experiments of the current commit, by name (without PREFIX): metrics, curve, rank by layer."""
-    shown = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
-    found = {}
-    for commit in json.loads(shown)[1:]:  # [0] is the workspace
+def load_experiments(commits: int = COMMITS) -> dict[str, dict]:
+    """The seed experiments, by name (without PREFIX): metrics, curve, rank by layer, switches.
+
+    They come from the newest of the last `commits` commits that has all of them finished, so the
+    report can be remade after the commit that adds it."""
+    shown = subprocess.run(["dvc", "exp", "show", "--json", "--num", str(commits)], check=True, capture_output=True, text=True).stdout
+    for commit in json.loads(shown)[1:]:  # [0] is the workspace; then the commits, newest first
+        found = {}
         for experiment in commit.get("experiments") or []:
             for rev in experiment["revs"]:
                 name = (rev.get("name") or "").removeprefix(PREFIX)
@@ -77,10 +81,10 @@ def load_experiments() -> dict[str, dict]:
                                "context_dim": rev["data"]["params"]["params.yaml"]["data"]["model"]["context_dim"],
                                "switches": _switches(commit["data"]["params"]["params.yaml"]["data"],
                                                      rev["data"]["params"]["params.yaml"]["data"])}
-    missing = [PREFIX + name for name in EXPERIMENTS if name not in found]
-    if missing:
-        raise CtxlmError(f"no finished experiment named {', '.join(missing)} on this commit; run: ctxlm seed-experiments")
-    return found
+        if set(found) == set(EXPERIMENTS):
+            return found
+    names = ", ".join(PREFIX + name for name in EXPERIMENTS)
+    raise CtxlmError(f"no commit among the last {commits} has finished experiments named {names}; run: ctxlm seed-experiments")
 
 
 def _format(value: float | None, metric: Metric) -> str:
