@@ -98,5 +98,6 @@ def run_seed_experiments(size_overrides: list[str], dry_run: bool = False) -> No
         size[key] = value
     for command in queue_commands(size):
         print("$ " + shlex.join(command), flush=True)
-        if not dry_run:
-            subprocess.run(command, check=True)
+        if not dry_run and (code := subprocess.run(command).returncode):
+            raise CtxlmError(f"`{shlex.join(command)}` failed (exit status {code}; DVC's message is above). "
+                             f"An experiment of the same name on this commit? Remove the old ones: dvc exp remove {PREFIX}...")

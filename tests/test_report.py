@@ -26,6 +26,12 @@ def test_a_size_override_must_be_key_equals_value():
         run_seed_experiments(["phase2.epochs"], dry_run=True)
 
 
+def test_a_failing_dvc_command_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not a DVC repository: the first `dvc exp run --queue` fails
+    with pytest.raises(CtxlmError, match=r"`dvc exp run --queue -n seed-base .*` failed \(exit status \d+"):
+        run_seed_experiments([])
+
+
 def test_comparison_table_change_and_direction():
     embedding = COMPARISONS[0]  # A trained (seed PPL 1189), B frozen (seed 334): the seed found B better
     metrics = {"val_ppl": 300.0, "val_acc": 0.15}
