@@ -128,8 +128,8 @@ def comparison_table(comparison: Comparison, experiments: dict[str, dict]) -> tu
         rows.append(f"| {metric.label} | {_format(ours_a[metric.key], metric)} | {_format(ours_b[metric.key], metric)} | "
                     f"{_percent(ours)} | {_format(seed_a, metric)} | {_format(seed_b, metric)} | {_percent(seed)} | {verdict} |")
     compared = sum(len(v) for v in verdicts.values())
-    parts = [f"{kind} on {', '.join(items)}" for kind, items in verdicts.items() if items]
-    parts = [p.replace("no change on", f"no change (under {SAME_WITHIN:.0%}) in") for p in parts]
+    lead = {"agrees": "agrees on", "disagrees": "disagrees on", "no change": f"no change (under {SAME_WITHIN:.0%}) in"}
+    parts = [f"{lead[kind]} {', '.join(items)}" for kind, items in verdicts.items() if items]
     sentence = f"**{comparison.title}** ({a.label} → {b.label}): " + "; ".join(parts) + "."
     return rows, sentence, len(verdicts["agrees"]), compared
 
@@ -183,10 +183,9 @@ def plot_rank_by_layer(experiments: dict[str, dict], path: Path) -> None:
     """Effective rank of the validation C* per ContextBlock layer, as a fraction of d_c."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for name, experiment in experiments.items():
-        ranks = experiment["rank_by_layer"]
+        ranks = list(experiment["rank_by_layer"].values())  # layer_1 .. layer_L, in order
         if ranks:
-            layers = sorted(ranks, key=lambda key: int(key.split("_")[1]))
-            ax.plot([int(key.split("_")[1]) for key in layers], [ranks[k] / experiment["context_dim"] for k in layers], marker="o", label=PREFIX + name)
+            ax.plot(range(1, len(ranks) + 1), [r / experiment["context_dim"] for r in ranks], marker="o", label=PREFIX + name)
     _save_single(fig, ax, path, "ContextBlock layer", "effective rank / d_c")
 
 
