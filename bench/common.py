@@ -23,7 +23,8 @@ def offline_tokens(folder: Path, train_tokens: int, val_tokens: int) -> tuple[To
     tokenizer = load_tokenizer(model_dir)
     documents = load_documents(DataParams(), seed=0)
     for split, budget in (("train", train_tokens), ("val", val_tokens)):
-        ids, offsets = tokenize_documents(tokenizer, documents.loc[documents.split == split, "text"].tolist(), budget)
+        split_tokens = tokenize_documents(tokenizer, documents.loc[documents.split == split, "text"].tolist(), budget)
+        ids, offsets = split_tokens.ids, split_tokens.offsets
         save_tokens(folder, split, ids, offsets)
     return TokenSplit(folder, "train"), TokenSplit(folder, "val"), load_embedding(model_dir)
 

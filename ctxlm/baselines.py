@@ -41,8 +41,10 @@ class LSTMBody(nn.Module):
         self.out = nn.Linear(hidden, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(S, T, d_e) -> (S, T, d_e)."""
-        return self.out(self.lstm(x)[0])
+        """(S, T, d_e) -> (S, T, d_e). The recurrence runs in fp32 even under bf16 autocast: oneDNN
+        has no bf16 LSTM on CPUs without AVX-512 (it fails to build one)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.out(self.lstm(x.float())[0])
 
 
 class TransformerBody(nn.Module):
@@ -162,33 +164,46 @@ def sequence_loss(model: BaselineLM, inputs: torch.Tensor, targets: torch.Tensor
 
 
 @torch.no_grad()
-def evaluate_sequences(model: BaselineLM, data: SequenceData, device: torch.device, precision: str = "fp32",
-                       sequences: int = 32, desc: str = "evaluate") -> tuple[float, float]:
-    """Mean cross-entropy (nats) and argmax accuracy over every scored position of the split."""
+def evaluate_sequences(model: BaselineLM, data: SequenceData, device: torch.device, sequences: int = 32,
+                       desc: str = "evaluate", sample: np.ndarray | None = None) -> tuple[float, float]:
+    """Mean cross-entropy (nats) and argmax accuracy, in fp32, over every scored position of the
+    split, or of the windows `sample`."""
     model.eval()
-    loss_sum, correct = 0.0, 0
-    bar = progress(total=data.tokens, desc=desc, unit="tok", unit_scale=True, leave=False)
-    for inputs, targets in data.batches(np.arange(len(data)), sequences, device):
-        with autocast(precision, device):
-            hidden = model.hidden(inputs)
+    order = np.arange(len(data)) if sample is None else sample
+    loss_sum, correct, scored_tokens = 0.0, 0, 0
+    bar = progress(total=int((data.lengths[order] - data.skips[order]).sum()), desc=desc, unit="tok", unit_scale=True, leave=False)
+    for inputs, targets in data.batches(order, sequences, device):
+        hidden = model.hidden(inputs)
         scored = targets != IGNORE
         weight, bias = model.head_parameters()
         logits = F.linear(hidden[scored].float(), weight, bias)
         loss_sum += F.cross_entropy(logits, targets[scored], reduction="sum").item()
         correct += (logits.argmax(dim=1) == targets[scored]).sum().item()
+        scored_tokens += int(scored.sum())
         bar.update(int(scored.sum()))
     bar.close()
-    return loss_sum / data.tokens, correct / data.tokens
+    return loss_sum / scored_tokens, correct / scored_tokens
+
+
+def window_sample(data: SequenceData, tokens: int, seed: int) -> np.ndarray:
+    """Seeded random windows of `data` (sorted) that score at least `tokens` positions, or all of
+    them: the fixed sample that measures the train loss after every epoch."""
+    shuffled = np.random.default_rng(seed).permutation(len(data))
+    scored = np.cumsum(data.lengths[shuffled] - data.skips[shuffled])
+    return np.sort(shuffled[: int(np.searchsorted(scored, tokens)) + 1])
 
 
 def train_baseline(model: BaselineLM, train: SequenceData, val: SequenceData, params: Phase2Params, device: torch.device,
-                   generator: torch.Generator, checkpoint: Checkpoint | None, name: str) -> Phase2Result:
-    """Phase 2's loop on whole sequences: phase2.batch_size // seq_len of them a step."""
+                   generator: torch.Generator, checkpoint: Checkpoint | None, name: str, sample_seed: int = 0) -> Phase2Result:
+    """Phase 2's loop on whole sequences: phase2.batch_size // seq_len of them a step; the train
+    loss is measured after every epoch on seeded windows scoring as many positions as `val`."""
     sequences = max(1, params.batch_size // train.seq_len)
+    sample = window_sample(train, val.tokens, sample_seed)
     task = TrainingTask(
         examples=len(train), batch_examples=sequences, tokens=train.tokens,
         batches=lambda order: train.batches(order, sequences, device),
         loss=lambda batch: sequence_loss(model, *batch, params.precision, device),
-        validate=lambda: evaluate_sequences(model, val, device, params.precision, desc="validate"),
+        validate=lambda: evaluate_sequences(model, val, device, desc="validate"),
+        measure_train=lambda: evaluate_sequences(model, train, device, desc="train sample", sample=sample),
     )
     return train_epochs(model, task, params, generator, checkpoint, name)

@@ -20,9 +20,24 @@ class DataParams(_Section):
     source: str = "shakespeare"
     """'shakespeare' (offline default), a .txt file or folder, a .jsonl file, or 'hf:<id>[:<split>]'."""
     val_plays: list[str] = ["hamlet", "macbeth"]
+    """Shakespeare: whole plays held out for validation (early stopping)."""
+    test_plays: list[str] = ["othello"]
+    """Shakespeare: whole plays held out for the headline test figures, in neither train nor val."""
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     max_train_tokens: int = Field(250_000, ge=2)
     max_val_tokens: int = Field(100_000, ge=2)
+    max_test_tokens: int = Field(100_000, ge=2)
+
+    @model_validator(mode="after")
+    def _held_out_splits_are_disjoint(self) -> "DataParams":
+        both = sorted(set(self.val_plays) & set(self.test_plays))
+        if both:
+            raise ValueError(f"data.val_plays and data.test_plays share {both}; a play is in one held-out split only")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"data.val_fraction + data.test_fraction is {self.val_fraction + self.test_fraction}; "
+                             "it must leave documents for training (< 1)")
+        return self
 
 
 class EmbeddingParams(_Section):
@@ -65,7 +80,8 @@ class Phase2Params(_Section):
     batch_size: int = Field(512, ge=1)
     lr: float = Field(0.001, gt=0.0)
     gradient_clip: float = Field(1.0, gt=0.0)
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 autocast for the matrix products, fp32, or auto: bf16 where the device runs it natively (runtime.resolve_precision)."""
 
 
 class BaselinesParams(_Section):

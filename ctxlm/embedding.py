@@ -61,6 +61,8 @@ def load_tokenizer(model_dir: Path):
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     except Exception as err:
         raise CtxlmError(f"embedding.model: cannot load a tokenizer from '{model_dir}': {err}") from None
+    if not tokenizer.is_fast:  # bits per byte need each token's character offsets
+        raise CtxlmError(f"embedding.model: the tokenizer in '{model_dir}' is a slow (Python) tokenizer; ctxlm needs a fast one (tokenizer.json)")
     tokenizer.model_max_length = int(1e12)  # we tokenize whole documents; the model's window is irrelevant
     return tokenizer
 

@@ -1,12 +1,15 @@
-"""The seed's five comparisons (DESIGN.md, "The seed's findings") as named DVC experiments.
+"""The seed's five comparisons (DESIGN.md, "The seed's findings") as named DVC experiments, each
+setting run with several seeds.
 
-Each comparison sets two experiments side by side; experiments shared by two comparisons run once.
-They run at a reduced size (SIZE) so that all of them finish in about half an hour on a 2-core CPU,
-and only up to `evaluate` (the baselines are compared at full size, in the main workspace).
+Each comparison sets two experiments side by side; experiments shared by two comparisons run once
+per seed. They run at a reduced size (SIZE), chosen so that the whole set (7 settings x 3 seeds)
+takes about 90 minutes on a 2-core CPU, and only up to `evaluate` (the baselines are compared at
+full size, in the main workspace).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -14,11 +17,13 @@ from dataclasses import dataclass
 from ctxlm.errors import CtxlmError
 
 PREFIX = "seed-"
+SEEDS = 3
 SIZE = {
-    "data.max_train_tokens": "50000",
-    "data.max_val_tokens": "25000",
-    "phase1.max_iterations": "30",
-    "phase2.epochs": "8",
+    "data.max_train_tokens": "30000",
+    "data.max_val_tokens": "15000",
+    "data.max_test_tokens": "15000",
+    "phase1.max_iterations": "20",
+    "phase2.epochs": "6",
 }
 EXPERIMENTS = {  # name (without PREFIX) -> the switches it sets beyond SIZE
     "base": {},
@@ -55,8 +60,8 @@ class Comparison:
     note: str = ""
 
 
-PPL = Metric("val_ppl", "val PPL", higher_is_better=False)
-ACC = Metric("val_acc", "val acc", higher_is_better=True, unit="%")
+PPL = Metric("test_ppl", "test PPL", higher_is_better=False)
+ACC = Metric("test_acc", "test acc", higher_is_better=True, unit="%")
 ER = Metric("effective_rank_ratio", "val ER", higher_is_better=True, unit="%")
 
 COMPARISONS = (
@@ -65,7 +70,7 @@ COMPARISONS = (
     Comparison("Weight tying", (Metric("params_total", "total params", False, "M"), PPL),
                Setting("off", "untied", (91.43e6, None)), Setting("on", "base", (52.78e6, None)),
                note="The seed counted parameters with GPT-2's dimensions (V 50,257, d_e 768); ours are MiniLM's (V 30,522, d_e 384)."),
-    Comparison("ContextBlock layers", (ER, Metric("val_ppl", "best PPL", False), Metric("phase1_seconds", "phase-1 time", False, "s")),
+    Comparison("ContextBlock layers", (ER, Metric("test_ppl", "best PPL (test)", False), Metric("phase1_seconds", "phase-1 time", False, "s")),
                Setting("3", "layers-3", (0.695, 775, 46.5)), Setting("6", "layers-6", (0.614, 996, 79.4))),
     Comparison("Context noise in phase 1", (Metric("epochs_improving", "epochs improving (new best val PPL)", True),
                                             Metric("val_train_ppl_gap", "val/train PPL", False, "x"), ACC),
@@ -75,28 +80,45 @@ COMPARISONS = (
 )
 
 
-def queue_commands(size: dict[str, str] = SIZE) -> list[list[str]]:
-    """The `dvc exp run --queue` command of each experiment, then the one that runs the queue."""
+def experiment_name(setting: str, seed: int) -> str:
+    """The DVC experiment name of a setting (a key of EXPERIMENTS) run with `seed`."""
+    return f"{PREFIX}{setting}-s{seed}"
+
+
+def parse_experiment_name(name: str) -> tuple[str, int] | None:
+    """experiment_name's inverse: (setting, seed), or None for a name that is not one of ours."""
+    match = re.fullmatch(rf"{re.escape(PREFIX)}(.+)-s(\d+)", name or "")
+    if not match or match[1] not in EXPERIMENTS:
+        return None
+    return match[1], int(match[2])
+
+
+def queue_commands(size: dict[str, str] = SIZE, seeds: int = SEEDS) -> list[list[str]]:
+    """The `dvc exp run --queue` command of each setting and seed, then the one that runs the queue."""
     commands = []
-    for name, switches in EXPERIMENTS.items():
-        command = ["dvc", "exp", "run", "--queue", "-n", PREFIX + name]
-        for key, value in {**size, **switches}.items():
-            command += ["-S", f"{key}={value}"]
-        commands.append([*command, "evaluate"])
+    for seed in range(seeds):
+        for name, switches in EXPERIMENTS.items():
+            command = ["dvc", "exp", "run", "--queue", "-n", experiment_name(name, seed)]
+            for key, value in {**size, "seed": str(seed), **switches}.items():
+                command += ["-S", f"{key}={value}"]
+            commands.append([*command, "evaluate"])
     return [*commands, ["dvc", "exp", "run", "--run-all", "--jobs", "1"]]
 
 
-def run_seed_experiments(size_overrides: list[str], dry_run: bool = False) -> None:
-    """Queue every experiment and run the queue (one at a time: parallel runs would share 2 cores).
+def run_seed_experiments(size_overrides: list[str], seeds: int = SEEDS, dry_run: bool = False) -> None:
+    """Queue every setting with seeds 0 .. seeds-1 and run the queue (one at a time: parallel runs
+    would share 2 cores).
 
     `size_overrides` ("key=value") replace or extend SIZE, e.g. for a smaller trial."""
+    if seeds < 2:
+        raise CtxlmError(f"--seeds {seeds}: at least 2 seeds are needed for an interval")
     size = dict(SIZE)
     for override in size_overrides:
         key, sep, value = override.partition("=")
         if not sep:
             raise CtxlmError(f"-S {override!r}: expected key=value, e.g. -S data.max_train_tokens=20000")
         size[key] = value
-    for command in queue_commands(size):
+    for command in queue_commands(size, seeds):
         print("$ " + shlex.join(command), flush=True)
         if not dry_run and (code := subprocess.run(command).returncode):
             raise CtxlmError(f"`{shlex.join(command)}` failed (exit status {code}; DVC's message is above). "

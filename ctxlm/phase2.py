@@ -17,7 +17,7 @@ from ctxlm.cstar import split_windows
 from ctxlm.errors import CtxlmError
 from ctxlm.model import TokenModel
 from ctxlm.runtime import autocast, progress, release_free_memory
-from ctxlm.shards import CstarReader, TokenSplit, decode_cstar
+from ctxlm.shards import CstarReader, TokenSplit, decode_cstar, load_trained_state
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -133,20 +133,31 @@ class SplitData:
 
 
 @torch.no_grad()
-def evaluate_split(model: TokenModel, data: SplitData, device: torch.device, precision: str = "fp32", batch: int = 4096, desc: str = "evaluate") -> tuple[float, float]:
-    """Mean cross-entropy (nats) and argmax accuracy over every position of the split."""
+def evaluate_split(model: TokenModel, data: SplitData, device: torch.device, batch: int = 4096,
+                   desc: str = "evaluate", sample: np.ndarray | None = None) -> tuple[float, float]:
+    """Mean cross-entropy (nats) and argmax accuracy, in fp32, over every position of the split or
+    over the examples `sample` (sorted indices into data.positions)."""
     model.eval()
+    order = np.arange(len(data)) if sample is None else sample
     loss_sum, correct = 0.0, 0
-    bar = progress(total=len(data), desc=desc, unit="tok", unit_scale=True, leave=False)
-    for contexts, windows, targets in data.batches(np.arange(len(data)), batch, device):
-        with autocast(precision, device):
-            logits = model(contexts, windows)
-        logits = logits.float()
+    bar = progress(total=len(order), desc=desc, unit="tok", unit_scale=True, leave=False)
+    for contexts, windows, targets in data.batches(order, batch, device):
+        logits = model(contexts, windows).float()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         correct += (logits.argmax(dim=1) == targets).sum().item()
         bar.update(len(targets))
     bar.close()
-    return loss_sum / len(data), correct / len(data)
+    return loss_sum / len(order), correct / len(order)
+
+
+def seeded_sample(population: int, size: int, seed: int) -> np.ndarray:
+    """`size` distinct indices of range(population) (all when size >= population), seeded, sorted.
+
+    The fixed sample of training examples that measures the train loss after every epoch: drawn
+    with its own generator, so that measuring changes nothing else (not the shuffling)."""
+    if size >= population:
+        return np.arange(population)
+    return np.sort(np.random.default_rng(seed).choice(population, size=size, replace=False))
 
 
 def trained_state(model: TokenModel) -> dict[str, torch.Tensor]:
@@ -174,6 +185,7 @@ class TrainingTask:
     batches: Callable[[np.ndarray], Iterator]  # an order of items -> its batches, batch_examples items each
     loss: Callable[[object], tuple[torch.Tensor, int]]  # a batch -> (mean loss, tokens it predicts)
     validate: Callable[[], tuple[float, float]]  # -> (validation loss, validation accuracy)
+    measure_train: Callable[[], tuple[float, float]]  # -> (loss, accuracy) on a fixed sample of training examples, fp32
 
 
 def train_token_model(
@@ -184,17 +196,22 @@ def train_token_model(
     device: torch.device,
     generator: torch.Generator,
     checkpoint: Checkpoint | None = None,
+    sample_seed: int = 0,
 ) -> Phase2Result:
-    """Phase 2: the TokenModel trained on the C* of `train`, validated on `val` after every epoch."""
+    """Phase 2: the TokenModel trained on the C* of `train`, validated on `val` after every epoch;
+    the train loss is measured after every epoch on a seeded sample of as many training examples
+    as `val` has."""
 
     def loss(batch) -> tuple[torch.Tensor, int]:
         contexts, windows, targets = batch
         return training_loss(model, contexts, windows, targets, params.precision, device), len(targets)
 
+    sample = seeded_sample(len(train), len(val), sample_seed)
     task = TrainingTask(
         examples=len(train), batch_examples=params.batch_size, tokens=len(train),
         batches=lambda order: train.batches(order, params.batch_size, device), loss=loss,
-        validate=lambda: evaluate_split(model, val, device, params.precision, desc="validate"),
+        validate=lambda: evaluate_split(model, val, device, desc="validate"),
+        measure_train=lambda: evaluate_split(model, train, device, desc="train sample", sample=sample),
     )
     return train_epochs(model, task, params, generator, checkpoint, "train_token")
 
@@ -207,8 +224,9 @@ def train_epochs(
     checkpoint: Checkpoint | None,
     name: str,
 ) -> Phase2Result:
-    """Adam over shuffled (seeded) batches; validation after every epoch; early stop after
-    `patience` epochs without a better validation loss; returns the best epoch's weights.
+    """Adam over shuffled (seeded) batches; after every epoch the train loss measured on a fixed
+    sample (fp32) and the validation loss; early stop after `patience` epochs without a better
+    validation loss; returns the best epoch's weights.
 
     With a checkpoint, the whole state (weights, Adam, the shuffling generator, the epoch's progress)
     is saved every few minutes and after every epoch, and a killed run resumes from it exactly:
@@ -219,7 +237,7 @@ def train_epochs(
            "best_loss": math.inf, "best_epoch": 0, "best_state": None, "stale": 0, "stopped": False, "seconds": 0.0}
     saved = checkpoint.load() if checkpoint else None
     if saved:
-        model.load_state_dict(saved["model"], strict=False)  # strict=False: frozen E is not saved
+        load_trained_state(model, saved["model"], str(checkpoint.folder), f"delete that folder and rerun {name}")
         optimizer.load_state_dict(saved["optimizer"])
         run = saved["run"]
         print(f"{name}: resuming from {checkpoint.folder} at epoch {run['epoch']}, step {run['step']}", flush=True)
@@ -256,11 +274,15 @@ def train_epochs(
             if checkpoint and checkpoint.due():
                 save()
         bar.close()
-        train_loss = run["loss_sum"] / task.tokens
+        running_loss = run["loss_sum"] / task.tokens
+        train_loss, train_acc = task.measure_train()
         val_loss, val_acc = task.validate()
+        if not math.isfinite(val_loss):
+            raise CtxlmError(f"{name}: the validation loss became {val_loss} after epoch {epoch}; "
+                             f"lower phase2.lr (now {params.lr}) or use phase2.precision: fp32")
         run["history"].append(
-            {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
-             "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_acc": val_acc}
+            {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss), "train_acc": train_acc,
+             "running_train_ppl": math.exp(running_loss), "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_acc": val_acc}
         )
         print(f"{name} epoch {epoch}: train ppl {math.exp(train_loss):.1f}, val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}", flush=True)
         if val_loss < run["best_loss"]:

@@ -1,8 +1,10 @@
-"""`ctxlm report`: docs/RESULTS.md and its plots, from DVC's record of real runs.
+"""`ctxlm collect` and `ctxlm report`: docs/RESULTS.md and its plots, from committed records of real runs.
 
-The seed's comparisons come from the experiments of ctxlm.experiments (`dvc exp show --json`, their
-curves from the experiments' git commits); the baseline table from the workspace's metrics files.
-Every number in the report is read from those; only the seed's own figures are quoted (DESIGN.md).
+`ctxlm collect` reads the seed experiments of ctxlm.experiments from DVC (`dvc exp show --json`,
+their curves from the experiments' git commits) into docs/results/experiments.json, which is
+committed. `ctxlm report` reads only that file and the committed metrics files (ctxlm and the
+baselines at full size), so it remakes the same report in any clone. Every number in the report is
+read from those; only the seed's own figures are quoted (docs/design.md).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import statistics
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,16 +24,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ctxlm.errors import CtxlmError  # noqa: E402
-from ctxlm.experiments import COMPARISONS, EXPERIMENTS, PREFIX, Comparison, Metric  # noqa: E402
+from ctxlm.experiments import COMPARISONS, EXPERIMENTS, PREFIX, Comparison, Metric, parse_experiment_name  # noqa: E402
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
-COMMITS = 10  # how far back (in commits) the report looks for the seed experiments
-SAME_WITHIN = 0.01  # a relative change smaller than this has no direction (run-to-run noise)
+COMMITS = 10  # how far back (in commits) `ctxlm collect` looks for the seed experiments
+RESULTS = Path("docs/results/experiments.json")
 STAGE_METRICS = ("train_context", "generate_cstar", "train_token", "eval")  # ctxlm's training and scoring stages
+# Student's t quantile t(0.975, df) for df = 1..30: a 95% interval of a mean of df + 1 values.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t interval (n >= 2; the normal 1.96 beyond 31 values)."""
+    n = len(values)
+    if n < 2:
+        raise CtxlmError(f"an interval needs at least 2 values, got {n}")
+    t = T_975[n - 2] if n - 1 <= len(T_975) else 1.96
+    return statistics.fmean(values), t * statistics.stdev(values) / math.sqrt(n)
 
 
 def experiment_metrics(metrics: dict[str, dict], curve: pd.DataFrame) -> dict[str, float]:
@@ -38,8 +53,9 @@ def experiment_metrics(metrics: dict[str, dict], curve: pd.DataFrame) -> dict[st
     evaluation = metrics["metrics/eval.json"]
     best_so_far = curve["val_ppl"].cummin()
     return {
+        "test_ppl": evaluation["test_ppl"],
+        "test_acc": evaluation["test_acc"],
         "val_ppl": evaluation["val_ppl"],
-        "val_acc": evaluation["val_acc"],
         "effective_rank_ratio": evaluation["effective_rank_ratio"],
         "params_total": evaluation["params_total"],
         "phase1_seconds": metrics["metrics/train_context.json"]["phase1_seconds"],
@@ -61,30 +77,47 @@ def _switches(commit_params: dict, experiment_params: dict) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in after.items() if before.get(key) != value]
 
 
-def load_experiments(commits: int = COMMITS) -> dict[str, dict]:
-    """The seed experiments, by name (without PREFIX): metrics, curve, rank by layer, switches.
-
-    They come from the newest of the last `commits` commits that has all of them finished, so the
-    report can be remade after the commit that adds it."""
+def collect_experiments(out: Path = RESULTS, commits: int = COMMITS) -> int:
+    """Write the seed experiments of the newest of the last `commits` commits that has every setting
+    with the same seeds (at least 2) to `out`; returns how many runs it holds."""
     shown = subprocess.run(["dvc", "exp", "show", "--json", "--num", str(commits)], check=True, capture_output=True, text=True).stdout
     for commit in json.loads(shown)[1:]:  # [0] is the workspace; then the commits, newest first
-        found = {}
+        runs = {}
         for experiment in commit.get("experiments") or []:
             for rev in experiment["revs"]:
-                name = (rev.get("name") or "").removeprefix(PREFIX)
-                if name not in EXPERIMENTS or rev.get("error") or not rev["data"].get("metrics"):
+                parsed = parse_experiment_name(rev.get("name"))
+                if not parsed or rev.get("error") or not rev["data"].get("metrics"):
                     continue
-                metrics = {path: entry["data"] for path, entry in rev["data"]["metrics"].items() if "data" in entry}
                 curve = pd.read_csv(io.StringIO(_git("show", f"{rev['rev']}:metrics/train_token_curve.csv")))
-                found[name] = {"rev": rev["rev"], "baseline": commit["rev"], "metrics": experiment_metrics(metrics, curve),
-                               "curve": curve, "rank_by_layer": metrics["metrics/eval.json"].get("effective_rank_by_layer", {}),
-                               "context_dim": rev["data"]["params"]["params.yaml"]["data"]["model"]["context_dim"],
-                               "switches": _switches(commit["data"]["params"]["params.yaml"]["data"],
-                                                     rev["data"]["params"]["params.yaml"]["data"])}
-        if set(found) == set(EXPERIMENTS):
-            return found
-    names = ", ".join(PREFIX + name for name in EXPERIMENTS)
-    raise CtxlmError(f"no commit among the last {commits} has finished experiments named {names}; run: ctxlm seed-experiments")
+                runs[rev["name"]] = {
+                    "setting": parsed[0], "seed": parsed[1], "rev": rev["rev"], "commit": commit["rev"],
+                    "switches": _switches(commit["data"]["params"]["params.yaml"]["data"], rev["data"]["params"]["params.yaml"]["data"]),
+                    "context_dim": rev["data"]["params"]["params.yaml"]["data"]["model"]["context_dim"],
+                    "metrics": {path: entry["data"] for path, entry in rev["data"]["metrics"].items() if "data" in entry},
+                    "curve": curve.to_dict(orient="list"),
+                }
+        seeds = {setting: sorted(r["seed"] for r in runs.values() if r["setting"] == setting) for setting in EXPERIMENTS}
+        if all(len(s) >= 2 and s == seeds["base"] for s in seeds.values()):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
+            print(f"ctxlm collect: wrote {len(runs)} runs of commit {commit['rev'][:10]} ({len(seeds['base'])} seeds) to {out}")
+            return len(runs)
+    raise CtxlmError(f"no commit among the last {commits} has finished experiments {PREFIX}<setting>-s<seed> for every setting "
+                     f"({', '.join(EXPERIMENTS)}) with the same seeds (at least 2); run: ctxlm seed-experiments")
+
+
+def load_results(path: Path = RESULTS) -> dict[str, dict[int, dict]]:
+    """The collected runs by setting, then seed: {"metrics": experiment_metrics, "curve", "rank_by_layer", ...}."""
+    if not path.is_file():
+        raise CtxlmError(f"{path} not found: run `ctxlm seed-experiments`, then `ctxlm collect`")
+    experiments: dict[str, dict[int, dict]] = {}
+    for run in json.loads(path.read_text()).values():
+        curve = pd.DataFrame(run["curve"])
+        experiments.setdefault(run["setting"], {})[run["seed"]] = {
+            **run, "curve": curve, "metrics": experiment_metrics(run["metrics"], curve),
+            "rank_by_layer": run["metrics"]["metrics/eval.json"].get("effective_rank_by_layer", {}),
+        }
+    return {setting: dict(sorted(by_seed.items())) for setting, by_seed in experiments.items()}
 
 
 def _format(value: float | None, metric: Metric) -> str:
@@ -101,6 +134,13 @@ def _format(value: float | None, metric: Metric) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
+def _format_interval(values: list[float], metric: Metric) -> str:
+    """'mean ± half-width' of a setting's per-seed values."""
+    mean, half = mean_interval(values)
+    spread = _format(half, metric)
+    return f"{_format(mean, metric)} ± {spread.removesuffix('%').removesuffix(' s').removesuffix('×').removesuffix('M')}"
+
+
 def _change(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or a == 0 else (b - a) / abs(a)
 
@@ -109,33 +149,50 @@ def _percent(change: float | None) -> str:
     return "–" if change is None else f"{100 * change:+.1f}%"
 
 
-def comparison_table(comparison: Comparison, experiments: dict[str, dict]) -> tuple[list[str], str, int, int]:
-    """Markdown rows of one comparison, a sentence saying where it agrees with the seed, and how many
-    of its metrics (those with a seed figure) agree in direction."""
+def paired_verdict(changes: list[float], seed_change: float | None) -> tuple[str, float, float]:
+    """From the per-seed changes A→B of one metric: 'agrees' or 'disagrees' (with the seed's sign)
+    when the 95% interval of their mean excludes zero, else 'within noise'; and that interval."""
+    mean, half = mean_interval(changes)
+    low, high = mean - half, mean + half
+    if seed_change is None:
+        return "no seed figure", low, high
+    if low <= 0 <= high:
+        return "within noise", low, high
+    return ("agrees" if (mean > 0) == (seed_change > 0) else "disagrees"), low, high
+
+
+def comparison_table(comparison: Comparison, experiments: dict[str, dict[int, dict]]) -> tuple[list[str], str, int, int]:
+    """Markdown rows of one comparison (each setting's mean ± 95% interval over its seeds, and the
+    paired same-seed change A→B with its interval), a sentence with the verdicts, and how many of its
+    metrics (those with a seed figure) agree with the seed's direction."""
     a, b = comparison.a, comparison.b
-    ours_a, ours_b = experiments[a.experiment]["metrics"], experiments[b.experiment]["metrics"]
-    rows = [f"| metric | A: {a.label} | B: {b.label} | change A→B | seed A | seed B | seed change | direction |",
+    runs_a, runs_b = experiments[a.experiment], experiments[b.experiment]
+    seeds = sorted(set(runs_a) & set(runs_b))
+    rows = [f"| metric | A: {a.label} | B: {b.label} | change A→B (95% interval) | seed A | seed B | seed change | verdict |",
             "|---|---:|---:|---:|---:|---:|---:|---|"]
-    verdicts: dict[str, list[str]] = {"agrees": [], "disagrees": [], "no change": []}
+    verdicts: dict[str, list[str]] = {"agrees": [], "disagrees": [], "within noise": []}
     for metric, seed_a, seed_b in zip(comparison.metrics, a.seed, b.seed):
-        ours, seed = _change(ours_a[metric.key], ours_b[metric.key]), _change(seed_a, seed_b)
-        verdict = "no seed figure"
-        if seed is not None and ours is not None:
+        values_a = [runs_a[s]["metrics"][metric.key] for s in seeds]
+        values_b = [runs_b[s]["metrics"][metric.key] for s in seeds]
+        changes = [_change(x, y) for x, y in zip(values_a, values_b)]
+        seed = _change(seed_a, seed_b)
+        verdict, low, high = paired_verdict(changes, seed)
+        mean = statistics.fmean(changes)
+        if verdict != "no seed figure":
+            verdicts[verdict].append(f"{metric.label} (ours {_percent(mean)} [{_percent(low)}, {_percent(high)}], seed {_percent(seed)})")
             better = "B" if (seed > 0) == metric.higher_is_better else "A"
-            kind = "no change" if abs(ours) < SAME_WITHIN else "agrees" if (ours > 0) == (seed > 0) else "disagrees"
-            verdicts[kind].append(f"{metric.label} (ours {_percent(ours)}, seed {_percent(seed)})")
-            verdict = f"{kind} (seed: {better} better)"
-        rows.append(f"| {metric.label} | {_format(ours_a[metric.key], metric)} | {_format(ours_b[metric.key], metric)} | "
-                    f"{_percent(ours)} | {_format(seed_a, metric)} | {_format(seed_b, metric)} | {_percent(seed)} | {verdict} |")
+            verdict = f"{verdict} (seed: {better} better)"
+        rows.append(f"| {metric.label} | {_format_interval(values_a, metric)} | {_format_interval(values_b, metric)} | "
+                    f"{_percent(mean)} [{_percent(low)}, {_percent(high)}] | {_format(seed_a, metric)} | {_format(seed_b, metric)} | "
+                    f"{_percent(seed)} | {verdict} |")
     compared = sum(len(v) for v in verdicts.values())
-    lead = {"agrees": "agrees on", "disagrees": "disagrees on", "no change": f"no change (under {SAME_WITHIN:.0%}) in"}
-    parts = [f"{lead[kind]} {', '.join(items)}" for kind, items in verdicts.items() if items]
+    parts = [f"{kind} on {', '.join(items)}" for kind, items in verdicts.items() if items]
     sentence = f"**{comparison.title}** ({a.label} → {b.label}): " + "; ".join(parts) + "."
     return rows, sentence, len(verdicts["agrees"]), compared
 
 
 def baseline_rows() -> list[str]:
-    """ctxlm and the baselines of the workspace's (full-size) run, side by side."""
+    """ctxlm and the baselines of the committed full-size run, side by side (one seed each)."""
     ctxlm = json.loads(Path("metrics/eval.json").read_text())
     seconds = sum(json.loads(Path(f"metrics/{stage}.json").read_text())["seconds"] for stage in STAGE_METRICS)
     rows = [("ctxlm (ContextBlock + TokenBlock)", ctxlm, ctxlm["params_blocks"], seconds)]
@@ -144,11 +201,17 @@ def baseline_rows() -> list[str]:
         if path.is_file():
             m = json.loads(path.read_text())
             rows.append((label, m, m.get("params_trainable_body", 0), m["seconds"]))
-    table = ["| model | val PPL | vs ctxlm | val acc | trainable params (blocks only) | best epoch | seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def figure(m: dict, key: str, fmt: str) -> str:
+        return format(m[key], fmt) if key in m else "–"
+
+    table = ["| model | test PPL | vs ctxlm | test acc | test bits/byte | val PPL | trainable params (blocks only) | best epoch | seconds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, m, blocks, secs in rows:
-        table.append(f"| {label} | {m['val_ppl']:,.1f} | {_percent(_change(ctxlm['val_ppl'], m['val_ppl']))} | "
-                     f"{100 * m['val_acc']:.2f}% | {blocks:,} | {m.get('best_epoch', '–')} | {secs:,.0f} |")
+        versus = _percent(_change(ctxlm["test_ppl"], m["test_ppl"])) if "test_ppl" in m else "–"
+        accuracy = f"{100 * m['test_acc']:.2f}%" if "test_acc" in m else "–"
+        table.append(f"| {label} | {figure(m, 'test_ppl', ',.1f')} | {versus} | {accuracy} | {figure(m, 'test_bits_per_byte', '.3f')} | "
+                     f"{m['val_ppl']:,.1f} | {blocks:,} | {m.get('best_epoch', '–')} | {secs:,.0f} |")
     return table
 
 
@@ -158,39 +221,42 @@ def _save_single(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: the same runs give the same bytes
     plt.close(fig)
 
 
-def plot_comparison_curves(experiments: dict[str, dict], path: Path) -> None:
-    """Validation PPL per epoch, one panel per comparison, A and B as two lines."""
+def plot_comparison_curves(experiments: dict[str, dict[int, dict]], path: Path) -> None:
+    """Validation PPL per epoch, one panel per comparison, A and B as two colours, one line per seed."""
     fig, axes = plt.subplots(1, len(COMPARISONS), figsize=(4 * len(COMPARISONS), 3.4), squeeze=False)
     for ax, comparison in zip(axes[0], COMPARISONS):
-        for setting, style in ((comparison.a, "--"), (comparison.b, "-")):
-            curve = experiments[setting.experiment]["curve"]
-            ax.plot(curve["epoch"], curve["val_ppl"], style, marker="o", label=f"{setting.label}")
+        for setting, style, colour in ((comparison.a, "--", "tab:orange"), (comparison.b, "-", "tab:blue")):
+            for i, run in enumerate(experiments[setting.experiment].values()):
+                curve = run["curve"]
+                ax.plot(curve["epoch"], curve["val_ppl"], style, color=colour, marker="o", markersize=3,
+                        label=setting.label if i == 0 else None)
         ax.set_title(comparison.title, fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("validation PPL")
+    axes[0][0].set_ylabel("validation PPL (one line per seed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
 
 
-def plot_rank_by_layer(experiments: dict[str, dict], path: Path) -> None:
-    """Effective rank of the validation C* per ContextBlock layer, as a fraction of d_c."""
+def plot_rank_by_layer(experiments: dict[str, dict[int, dict]], path: Path) -> None:
+    """Effective rank of the validation C* per ContextBlock layer, as a fraction of d_c, mean over seeds."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    for name, experiment in experiments.items():
-        ranks = list(experiment["rank_by_layer"].values())  # layer_1 .. layer_L, in order
-        if ranks:
-            ax.plot(range(1, len(ranks) + 1), [r / experiment["context_dim"] for r in ranks], marker="o", label=PREFIX + name)
-    _save_single(fig, ax, path, "ContextBlock layer", "effective rank / d_c")
+    for name, by_seed in experiments.items():
+        per_seed = [[r / run["context_dim"] for r in run["rank_by_layer"].values()] for run in by_seed.values()]
+        if per_seed and per_seed[0]:
+            means = [statistics.fmean(layer) for layer in zip(*per_seed)]
+            ax.plot(range(1, len(means) + 1), means, marker="o", label=PREFIX + name)
+    _save_single(fig, ax, path, "ContextBlock layer", "effective rank / d_c (mean over seeds)")
 
 
 def plot_baseline_curves(path: Path) -> bool:
-    """Validation PPL per epoch of ctxlm and the neural baselines (the workspace's run)."""
+    """Validation PPL per epoch of ctxlm and the neural baselines (the committed full-size run)."""
     curves = {"ctxlm": Path("metrics/train_token_curve.csv")}
     curves.update({BASELINES[name]: Path(f"metrics/baselines/{name}_curve.csv") for name in ("lstm", "transformer")})
     curves = {label: pd.read_csv(file) for label, file in curves.items() if file.is_file()}
@@ -201,51 +267,60 @@ def plot_baseline_curves(path: Path) -> bool:
     return bool(curves)
 
 
-def write_report(out: Path = Path("docs/RESULTS.md")) -> None:
-    """Read the seed experiments and the baselines, write `out` and its PNG plots beside it."""
-    for needed in ("metrics/eval.json", "dvc.lock"):
-        if not Path(needed).is_file():
-            raise CtxlmError(f"{needed} not found: run `dvc repro` first (from the repository root)")
-    experiments = load_experiments()
+def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -> None:
+    """Read the collected seed experiments and the committed metrics, write `out` and its PNG plots beside it."""
+    if not Path("metrics/eval.json").is_file():
+        raise CtxlmError("metrics/eval.json not found: run `dvc repro` first (from the repository root)")
+    experiments = load_results(results)
     figures = out.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
-    baseline_commit = next(iter(experiments.values()))["baseline"]
+    base = experiments["base"]
+    seeds = list(base)
+    first = base[seeds[0]]
     plot_comparison_curves(experiments, figures / "seed_val_curves.png")
     plot_rank_by_layer(experiments, figures / "effective_rank_by_layer.png")
     has_baseline_curves = plot_baseline_curves(figures / "baseline_val_curves.png")
+    size = [switch for switch in first["switches"] if not switch.startswith("seed=")]
 
     lines = ["# Results", "",
-             f"Written by `ctxlm report` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the experiments of commit "
-             f"`{baseline_commit[:10]}` and the workspace's metrics files. Every figure below is read from those runs; "
-             "only the seed's own figures (DESIGN.md, \"The seed's findings\": GPT-2 embeddings, UltraChat) are quoted.", "",
+             f"Written by `ctxlm report` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+             f"Read from `{results.as_posix()}` ({sum(len(s) for s in experiments.values())} runs of the experiments of commit "
+             f"`{first['commit'][:10]}`, collected by `ctxlm collect`) and the committed metrics files. Every figure below is read "
+             "from those runs; only the seed's own figures (docs/design.md, \"The seed's findings\": GPT-2 embeddings, UltraChat) "
+             "are quoted.", "",
              "## How these results were made", "", "```sh", "dvc repro                 # the full-size run: ctxlm and the baselines",
-             "ctxlm seed-experiments    # queued and ran these experiments:"]
-    lines += [f"  dvc exp run --queue -n {PREFIX}{name} " + " ".join(f"-S {s}" for s in experiments[name]["switches"]) + " evaluate"
+             f"ctxlm seed-experiments --seeds {len(seeds)}   # queued and ran, for each seed k in {seeds}:"]
+    lines += [f"  dvc exp run --queue -n {PREFIX}{name}-s<k> -S seed=<k> "
+              + " ".join(f"-S {s}" for s in experiments[name][seeds[0]]["switches"] if not s.startswith("seed=")) + " evaluate"
               for name in EXPERIMENTS]
-    lines += ["  dvc exp run --run-all --jobs 1", "ctxlm report", "```", "",
+    lines += ["  dvc exp run --run-all --jobs 1", "ctxlm collect             # -> docs/results/experiments.json", "ctxlm report", "```", "",
               "## The seed's comparisons", "",
-              "Each experiment runs the pipeline up to `evaluate` at a reduced size, "
-              + ", ".join(f"`{s}`" for s in experiments["base"]["switches"])
-              + ", every other key as in `params.yaml`. *change A→B* is (B − A) / A; *direction* says whether "
-              "our change has the sign of the seed's.", ""]
+              f"Each experiment runs the pipeline up to `evaluate` at a reduced size, {', '.join(f'`{s}`' for s in size)}, "
+              f"every other key as in `params.yaml`, once for each seed ({len(seeds)} seeds: the model's initialisation, "
+              "phase-1 noise and phase-2 order change with it). A and B give each setting's mean ± the half-width of its 95% "
+              "Student-t interval over the seeds. *change A→B* is the mean of the paired (same-seed) changes (B − A) / A with "
+              "its 95% interval; the *verdict* is *agrees* or *disagrees* (with the sign of the seed's change) when that "
+              "interval excludes zero, else *within noise*.", ""]
     tables, sentences, total_agree, total_compared = [], [], 0, 0
     for comparison in COMPARISONS:
         rows, sentence, agree, compared = comparison_table(comparison, experiments)
         sentences.append(f"- {sentence}")
         total_agree, total_compared = total_agree + agree, total_compared + compared
         tables += [f"### {comparison.title}", "",
-                   f"A = `{PREFIX}{comparison.a.experiment}`, B = `{PREFIX}{comparison.b.experiment}`.", "", *rows, ""]
+                   f"A = `{PREFIX}{comparison.a.experiment}-s*`, B = `{PREFIX}{comparison.b.experiment}-s*`.", "", *rows, ""]
         if comparison.note:
             tables += [comparison.note, ""]
-    lines += [f"**Where we agree with the seed: on {total_agree} of {total_compared} metrics the change has the seed's sign.** "
-              "The seed ran GPT-2 embeddings on UltraChat; these runs use MiniLM embeddings on Shakespeare at the "
-              "reduced size above.", "", *sentences, "", *tables,
+    lines += [f"**Where we agree with the seed: on {total_agree} of {total_compared} metrics the change is outside the noise and "
+              "has the seed's sign.** The seed ran GPT-2 embeddings on UltraChat; these runs use MiniLM embeddings on Shakespeare "
+              "at the reduced size above.", "", *sentences, "", *tables,
               "![validation PPL per epoch](results/seed_val_curves.png)", "",
               "![effective rank per layer](results/effective_rank_by_layer.png)", "",
-              "## Baselines on the very same tokens (full size)", "",
-              "Same tokens, same validation positions, same frozen embedding and tied head (as `params.yaml` sets them), "
-              "same optimiser, batch tokens, epochs and early stopping; the trained blocks have about ctxlm's parameter count. "
-              "ctxlm's seconds are its four training and scoring stages.", "", *baseline_rows(), ""]
+              "## Baselines on the very same tokens (full size, one seed each)", "",
+              "Same tokens, same test and validation positions, same frozen embedding and tied head (as `params.yaml` sets them), "
+              "same optimiser, batch tokens, epochs and early stopping (on the validation split); the trained blocks have about "
+              "ctxlm's parameter count. Test figures are the headline: the test play is in neither training nor validation. "
+              "ctxlm's seconds are its four training and scoring stages; – marks a figure the committed run does not have.", "",
+              *baseline_rows(), ""]
     if has_baseline_curves:
         lines += ["![validation PPL per epoch, ctxlm and the baselines](results/baseline_val_curves.png)", ""]
     out.write_text("\n".join(lines))

@@ -40,6 +40,17 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where bf16 matrix products run natively (a CUDA device that has them, a CPU
+    with AVX512-BF16 or AMX), else 'fp32': without them a CPU emulates bf16, measured 4.5x slower
+    than fp32 on an AVX2-only CPU. 'fp32' and 'bf16' stay as they are."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "fp32"
+
+
 def autocast(precision: str, device: torch.device):
     """bf16 autocast for the matrix work (fp32 weights, optimizer state and losses stay fp32)."""
     if precision == "bf16":

@@ -136,10 +136,17 @@ def has_next(offsets: np.ndarray, n: int) -> np.ndarray:
     return has
 
 
-def load_token_folder(folder: Path) -> tuple[dict, TokenSplit, TokenSplit, torch.Tensor]:
+SPLITS = ("train", "val", "test")  # training; validation (early stopping); test (the headline figures)
+
+
+def load_token_folder(folder: Path) -> tuple[dict, dict[str, TokenSplit], torch.Tensor]:
+    """data/tokens -> (its manifest's meta, the TokenSplit of each of SPLITS, E)."""
     meta = read_manifest(folder, "tokenize")
+    missing = [split for split in SPLITS if split not in meta]
+    if missing:
+        raise CtxlmError(f"{folder}: written before the {', '.join(missing)} split(s) existed; rerun it with: dvc repro --force tokenize")
     embedding = load_file(Path(folder) / "embedding.safetensors")["embedding"]
-    return meta, TokenSplit(folder, "train"), TokenSplit(folder, "val"), embedding
+    return meta, {split: TokenSplit(folder, split) for split in SPLITS}, embedding
 
 
 def save_embedding(folder: Path, embedding: torch.Tensor) -> None:
@@ -255,6 +262,22 @@ def save_weights(folder: Path, name: str, state: dict[str, torch.Tensor], metada
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, Path(folder) / name, metadata=metadata)
 
 
+def load_trained_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, hint: str) -> None:
+    """Load `state` into `module` strictly: every tensor of the module must be there (a frozen
+    parameter, never saved, may be left out) with its shape, and no other. A mismatch is an error
+    naming the tensors, where they came from (`source`) and what to do (`hint`)."""
+    expected = module.state_dict()
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    missing = sorted(set(expected) - set(state) - frozen)
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    problems = [f"{what} {', '.join(names)}" for what, names in
+                (("missing tensor(s)", missing), ("unexpected tensor(s)", unexpected), ("tensor(s) of another shape", reshaped)) if names]
+    if problems:
+        raise CtxlmError(f"{source}: does not fit the {type(module).__name__}: {'; '.join(problems)}; {hint}")
+    module.load_state_dict(state, strict=False)
+
+
 def load_weights(folder: Path, name: str, regenerate: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Verified safetensors weights and their metadata."""
     from safetensors import safe_open
@@ -275,7 +298,7 @@ def load_context_block(folder: Path):
     state, metadata = load_weights(folder, CONTEXT_WEIGHTS, "train_context")
     cfg = ModelConfig.from_metadata(metadata)
     block = ContextBlock(cfg)
-    block.load_state_dict(state)
+    load_trained_state(block, state, str(Path(folder) / CONTEXT_WEIGHTS), "rerun it with: dvc repro --force train_context")
     return block.eval().requires_grad_(False), cfg
 
 
@@ -286,6 +309,5 @@ def load_token_model(folder: Path, embedding: torch.Tensor):
     state, metadata = load_weights(folder, TOKEN_WEIGHTS, "train_token")
     cfg = ModelConfig.from_metadata(metadata)
     model = TokenModel(cfg, embedding, metadata["weight_tying"] == "True", metadata["freeze_embedding"] == "True")
-    state.setdefault("embedding", embedding)
-    model.load_state_dict(state)
+    load_trained_state(model, state, str(Path(folder) / TOKEN_WEIGHTS), "rerun it with: dvc repro --force train_token")
     return model

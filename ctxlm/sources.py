@@ -7,7 +7,8 @@ A document is the unit the context resets at. Sources (the `data.source` param):
   (one document per file, sorted by name);
 - a .jsonl file whose lines hold a `text` string or UltraChat-style `messages`;
 - 'hf:<dataset id or local dataset folder>[:<split>]', read through `datasets`.
-Outside Shakespeare a seeded random `data.val_fraction` of the documents is held out.
+Outside Shakespeare seeded random fractions of the documents are held out: `data.val_fraction` for
+validation (early stopping) and a disjoint `data.test_fraction` for test (the headline figures).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pandas as pd
 
 from ctxlm.config import DataParams
 from ctxlm.errors import CtxlmError
+from ctxlm.shards import SPLITS
 
 HF_PREFIX = "hf:"
 # Stage directions: _..._ (may span lines), *...* (one line) and bracketed asides like \[Aside].
@@ -58,16 +60,15 @@ def play_scenes(markdown: str) -> list[tuple[str, str]]:
     return scenes
 
 
-def shakespeare_documents(val_plays: list[str]) -> pd.DataFrame:
+def shakespeare_documents(val_plays: list[str], test_plays: list[str]) -> pd.DataFrame:
     plays = {path.stem: path for path in shakespeare_dir().glob("*/*.md")}
-    unknown = sorted(set(val_plays) - set(plays))
-    if unknown:
-        raise CtxlmError(
-            f"data.val_plays: unknown play(s) {unknown}; known plays: {', '.join(sorted(plays))}"
-        )
+    for key, chosen in (("val_plays", val_plays), ("test_plays", test_plays)):
+        unknown = sorted(set(chosen) - set(plays))
+        if unknown:
+            raise CtxlmError(f"data.{key}: unknown play(s) {unknown}; known plays: {', '.join(sorted(plays))}")
     rows = []
     for name in sorted(plays):
-        split = "val" if name in val_plays else "train"
+        split = "val" if name in val_plays else "test" if name in test_plays else "train"
         for heading, text in play_scenes(plays[name].read_text(encoding="utf-8")):
             rows.append({"split": split, "group": name, "title": f"{name}: {heading}", "text": text})
     return pd.DataFrame(rows)
@@ -132,32 +133,38 @@ def hf_documents(spec: str) -> list[tuple[str, str]]:
     return [(f"{name}:{split}:{i}", record_text(record, f"{name}:{split} row {i}")) for i, record in enumerate(dataset)]
 
 
-def split_documents(docs: list[tuple[str, str]], val_fraction: float, seed: int) -> pd.DataFrame:
+def split_documents(docs: list[tuple[str, str]], val_fraction: float, test_fraction: float, seed: int) -> pd.DataFrame:
+    """Documents in corpus order, a seeded random ceil(fraction * D) of them (at least one each)
+    held out for validation and, disjoint from those, for test."""
     docs = [(title, text) for title, text in docs if text.strip()]
-    if len(docs) < 2:
-        raise CtxlmError(f"data.source: the corpus has {len(docs)} non-empty document(s); need at least 2 (train and validation)")
+    if len(docs) < 3:
+        raise CtxlmError(f"data.source: the corpus has {len(docs)} non-empty document(s); need at least 3 (train, validation and test)")
     n_val = max(1, math.ceil(val_fraction * len(docs)))
-    n_val = min(n_val, len(docs) - 1)
-    val = set(random.Random(seed).sample(range(len(docs)), n_val))
+    n_test = max(1, math.ceil(test_fraction * len(docs)))
+    if n_val + n_test >= len(docs):
+        raise CtxlmError(f"data.source: {len(docs)} documents leave none for training after {n_val} validation and {n_test} test documents; "
+                         "lower data.val_fraction or data.test_fraction")
+    held_out = random.Random(seed).sample(range(len(docs)), n_val + n_test)
+    split = {i: "val" for i in held_out[:n_val]} | {i: "test" for i in held_out[n_val:]}
     return pd.DataFrame(
-        [{"split": "val" if i in val else "train", "group": title, "title": title, "text": text} for i, (title, text) in enumerate(docs)]
+        [{"split": split.get(i, "train"), "group": title, "title": title, "text": text} for i, (title, text) in enumerate(docs)]
     )
 
 
 def load_documents(params: DataParams, seed: int) -> pd.DataFrame:
-    """The corpus as a DataFrame with columns split ('train'/'val'), group, title, text, in corpus order."""
+    """The corpus as a DataFrame with columns split ('train'/'val'/'test'), group, title, text, in corpus order."""
     source = params.source
     if source == "shakespeare":
-        frame = shakespeare_documents(params.val_plays)
+        frame = shakespeare_documents(params.val_plays, params.test_plays)
     elif source.startswith(HF_PREFIX):
-        frame = split_documents(hf_documents(source), params.val_fraction, seed)
+        frame = split_documents(hf_documents(source), params.val_fraction, params.test_fraction, seed)
     else:
         path = Path(source)
         if not path.exists():
             raise CtxlmError(f"data.source: path '{source}' does not exist")
         docs = jsonl_documents(path) if path.suffix == ".jsonl" else text_documents(path)
-        frame = split_documents(docs, params.val_fraction, seed)
-    for split in ("train", "val"):
+        frame = split_documents(docs, params.val_fraction, params.test_fraction, seed)
+    for split in SPLITS:
         if not (frame["split"] == split).any() if len(frame) else True:
             raise CtxlmError(f"data.source '{source}': the {split} split has no documents")
     return frame

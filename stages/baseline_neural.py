@@ -1,6 +1,5 @@
 """Baselines: an LSTM or a small GPT-2 trained like phase 2 on the same tokens -> metrics/baselines/<kind>.json."""
 
-import math
 import time
 from pathlib import Path
 
@@ -12,10 +11,10 @@ from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
 from ctxlm.errors import CtxlmError
-from ctxlm.metrics import count
+from ctxlm.metrics import count, split_figures
 from ctxlm.model import ModelConfig
-from ctxlm.runtime import pick_device, seed_everything
-from ctxlm.shards import load_token_folder, write_csv_atomic, write_json_atomic
+from ctxlm.runtime import pick_device, resolve_precision, seed_everything
+from ctxlm.shards import load_token_folder, load_trained_state, write_csv_atomic, write_json_atomic
 
 app = make_app()
 
@@ -27,33 +26,38 @@ def main(kind: str = typer.Argument(..., help=" | ".join(KINDS)), params_file: P
         if kind not in KINDS:
             raise CtxlmError(f"unknown baseline {kind!r}; one of {', '.join(KINDS)}")
         params = load_params(params_file)
-        _, train_tokens, val_tokens, embedding = load_token_folder(Path("data/tokens"))
+        meta, splits, embedding = load_token_folder(Path("data/tokens"))
         m, seq_len = params.model, params.baselines.seq_len
         device = pick_device()
         generator = seed_everything(params.seed)
+        phase2 = params.phase2.model_copy(update={"precision": resolve_precision(params.phase2.precision, device)})
         model = build_baseline(kind, ModelConfig.from_params(m, embedding), embedding, m.weight_tying, m.freeze_embedding,
                                seq_len, params.baselines.transformer_layers).to(device)
-        train = SequenceData(train_tokens, seq_len, stride=seq_len)
-        val = SequenceData(val_tokens, seq_len, stride=max(1, seq_len // 2))
-        inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": params.phase2.model_dump(),
+        train = SequenceData(splits["train"], seq_len, stride=seq_len)
+        val = SequenceData(splits["val"], seq_len, stride=max(1, seq_len // 2))
+        inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": phase2.model_dump(),
                   "baselines": params.baselines.model_dump(), "tokens": folder_digest(Path("data/tokens"))}
         checkpoint = Checkpoint(f"baseline_{kind}", inputs)
-        result = train_baseline(model, train, val, params.phase2, device, generator, checkpoint, f"baseline {kind}")
-        model.load_state_dict(result.best_state, strict=False)  # strict=False: frozen E is not in it
-        val_loss, val_acc = evaluate_sequences(model, val, device)
+        result = train_baseline(model, train, val, phase2, device, generator, checkpoint, f"baseline {kind}", sample_seed=params.seed)
+        load_trained_state(model, result.best_state, f"baseline {kind}'s best epoch", "a bug: please report it")
+        figures = {}
+        for split in ("test", "val"):
+            data = val if split == "val" else SequenceData(splits[split], seq_len, stride=max(1, seq_len // 2))
+            loss, acc = evaluate_sequences(model, data, device)
+            figures.update(split_figures(split, loss, acc, data.tokens, meta[split]))
         best = result.history[result.best_epoch - 1]
         out = Path("metrics/baselines")
         write_csv_atomic(out / f"{kind}_curve.csv", pd.DataFrame(result.history))
         write_json_atomic(
             out / f"{kind}.json",
-            {"val_ppl": math.exp(val_loss), "val_acc": val_acc, "val_loss": val_loss, "train_ppl": best["train_ppl"],
+            {**figures, "train_ppl": best["train_ppl"], "train_acc": best["train_acc"],
              "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
              "params_trainable": count(model, trainable_only=True),
              "params_trainable_body": count(model.body, trainable_only=True) + count(model.norm),
-             "tokens_per_s": round(train.tokens * result.epochs_run / result.seconds),
+             "tokens_per_s": round(train.tokens * result.epochs_run / result.seconds), "precision": phase2.precision,
              "seconds": elapsed_since(start)},
         )
-        print(f"baseline_neural {kind}: val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}, "
+        print(f"baseline_neural {kind}: test ppl {figures['test_ppl']:.1f}, val ppl {figures['val_ppl']:.1f}, "
               f"{count(model, trainable_only=True):,} trainable parameters")
         checkpoint.clear()
 

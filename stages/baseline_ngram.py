@@ -1,6 +1,5 @@
 """Baseline: interpolated Kneser–Ney trigram on the same token shards -> metrics/baselines/kneser_ney.json."""
 
-import math
 import time
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import numpy as np
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
+from ctxlm.metrics import split_figures
 from ctxlm.ngram import KneserNeyTrigram
 from ctxlm.shards import load_token_folder, write_json_atomic
 
@@ -19,13 +19,18 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
     with stage_run("baseline_ngram", debug):
         start = time.perf_counter()
         load_params(params_file)  # reads no key, but a bad params.yaml stops every stage the same way
-        meta, train, val, _ = load_token_folder(Path("data/tokens"))
+        meta, splits, _ = load_token_folder(Path("data/tokens"))
+        train = splits["train"]
         model = KneserNeyTrigram(meta["vocab_size"]).fit(np.asarray(train.ids), train.offsets)
-        val_loss, val_acc = model.evaluate(np.asarray(val.ids), val.offsets)
-        print(f"baseline_ngram: Kneser-Ney trigram val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}")
+        figures = {}
+        for split in ("test", "val"):
+            tokens = splits[split]
+            loss, acc = model.evaluate(np.asarray(tokens.ids), tokens.offsets)
+            figures.update(split_figures(split, loss, acc, int(tokens.has_next().sum()), meta[split]))
+        print(f"baseline_ngram: Kneser-Ney trigram test ppl {figures['test_ppl']:.1f}, val ppl {figures['val_ppl']:.1f}")
         write_json_atomic(
             Path("metrics/baselines/kneser_ney.json"),
-            {"val_ppl": math.exp(val_loss), "val_acc": val_acc, "val_loss": val_loss, "params_trainable": 0,
+            {**figures, "params_trainable": 0,
              "ngram_types": len(model.c3.keys) + len(model.n_vw.keys) + len(model.n_w.keys),
              "discounts": [model.d1, model.d2, model.d3], "seconds": elapsed_since(start)},
         )

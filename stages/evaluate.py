@@ -1,7 +1,6 @@
-"""Validation perplexity and accuracy, effective rank of the validation C*, parameter counts -> metrics/eval.json."""
+"""Test and validation perplexity, accuracy and bits per byte, effective rank of the validation C*, parameter counts -> metrics/eval.json."""
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
-from ctxlm.metrics import count, effective_rank
+from ctxlm.metrics import count, effective_rank, split_figures
 from ctxlm.phase2 import SplitData, evaluate_split
 from ctxlm.runtime import pick_device
 from ctxlm.shards import CstarReader, load_context_block, load_token_folder, load_token_model, write_json_atomic
@@ -22,13 +21,17 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
     with stage_run("evaluate", debug):
         start = time.perf_counter()
         params = load_params(params_file)
-        _, _, val_tokens, embedding = load_token_folder(Path("data/tokens"))
-        val_cstar = CstarReader(Path("data/cstar/val"))
+        meta, splits, embedding = load_token_folder(Path("data/tokens"))
         context_block, cfg = load_context_block(Path("data/context"))
         model = load_token_model(Path("data/token_model"), embedding)
         device = pick_device()
-        val_loss, val_acc = evaluate_split(model.to(device), SplitData(val_cstar, val_tokens, cfg.num_input_tokens), device)
+        figures = {}
+        for split in ("test", "val"):
+            data = SplitData(CstarReader(Path(f"data/cstar/{split}")), splits[split], cfg.num_input_tokens)
+            loss, acc = evaluate_split(model.to(device), data, device, desc=f"evaluate {split}")
+            figures.update(split_figures(split, loss, acc, len(data), meta[split]))
 
+        val_cstar = CstarReader(Path("data/cstar/val"))
         rng = np.random.default_rng(params.seed)
         rows = np.sort(rng.choice(len(val_cstar), size=min(params.evaluate.rank_rows, len(val_cstar)), replace=False))
         sample = val_cstar.gather(rows)  # (rank_rows, L, d_c)
@@ -36,15 +39,12 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         rank = ranks[f"layer_{sample.shape[1]}"]  # the final layer's C*: what OACD acts on
 
         phase2 = json.loads(Path("metrics/train_token.json").read_text())
-        val_ppl = math.exp(val_loss)
         head = 0 if model.head is None else count(model.head)
         trainable_phase2 = count(model, trainable_only=True)
         metrics = {
-            "val_ppl": val_ppl,
-            "val_acc": val_acc,
-            "val_loss": val_loss,
+            **figures,
             "train_ppl": phase2["train_ppl"],
-            "train_val_ppl_ratio": phase2["train_ppl"] / val_ppl,
+            "train_val_ppl_ratio": phase2["train_ppl"] / figures["val_ppl"],
             "best_epoch": phase2["best_epoch"],
             "epochs_run": phase2["epochs_run"],
             "effective_rank": rank,
@@ -57,11 +57,13 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             "params_blocks": count(context_block) + count(model.token_block),  # without E and head: what baselines match
             "params_embedding": model.embedding.numel(),
             "params_head": head,
-            "val_tokens": len(val_tokens),
+            "val_tokens": len(splits["val"]),
+            "test_tokens": len(splits["test"]),
             "seconds": elapsed_since(start),
         }
         write_json_atomic(Path("metrics/eval.json"), metrics)
-        print(f"evaluate: val ppl {val_ppl:.1f}, val acc {val_acc:.2%}, effective rank {rank:.1f} ({rank / cfg.context_dim:.1%})")
+        print(f"evaluate: test ppl {figures['test_ppl']:.1f}, val ppl {figures['val_ppl']:.1f}, test acc {figures['test_acc']:.2%}, "
+              f"test {figures['test_bits_per_byte']:.3f} bits/byte, effective rank {rank:.1f} ({rank / cfg.context_dim:.1%})")
 
 
 if __name__ == "__main__":

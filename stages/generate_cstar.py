@@ -1,4 +1,4 @@
-"""The exact C* of every train and validation token, with the trained ContextBlock frozen -> data/cstar."""
+"""The exact C* of every train, validation and test token, with the trained ContextBlock frozen -> data/cstar."""
 
 import time
 from pathlib import Path
@@ -18,16 +18,16 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
     with stage_run("generate_cstar", debug):
         start = time.perf_counter()
         params = load_params(params_file)
-        _, train, val, embedding = load_token_folder(Path("data/tokens"))
+        _, splits, embedding = load_token_folder(Path("data/tokens"))
         block, _ = load_context_block(Path("data/context"))
         device = pick_device()
         block, embedding = block.to(device), embedding.to(device)
         inputs = {"cstar": params.cstar.model_dump(), "tokens": folder_digest(Path("data/tokens")), "context": folder_digest(Path("data/context"))}
-        rates = write_cstar(block, embedding, {"train": train, "val": val}, Path("data/cstar"), params.cstar, Checkpoint("generate_cstar", inputs))
+        rates = write_cstar(block, embedding, splits, Path("data/cstar"), params.cstar, Checkpoint("generate_cstar", inputs))
         print(f"generate_cstar: {rates}")
         write_json_atomic(
             Path("metrics/generate_cstar.json"),
-            {"train_tokens": len(train), "val_tokens": len(val), **rates, "seconds": elapsed_since(start)},
+            {**{f"{split}_tokens": len(tokens) for split, tokens in splits.items()}, **rates, "seconds": elapsed_since(start)},
         )
 
 

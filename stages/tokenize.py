@@ -28,25 +28,26 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         tokenizer = load_tokenizer(model_dir)
         embedding = load_embedding(model_dir)
         check_vocab(tokenizer, embedding, model_dir)
-        budgets = {"train": params.data.max_train_tokens, "val": params.data.max_val_tokens}
+        budgets = {"train": params.data.max_train_tokens, "val": params.data.max_val_tokens, "test": params.data.max_test_tokens}
         counts = {}
         with atomic_dir(Path("data/tokens")) as out:
             for split, budget in budgets.items():
                 texts = documents.loc[documents["split"] == split, "text"].tolist()
-                ids, offsets = tokenize_documents(tokenizer, texts, budget)
+                tokens = tokenize_documents(tokenizer, texts, budget)
+                ids, offsets = tokens.ids, tokens.offsets
                 if len(ids) < 2:
                     raise CtxlmError(f"{CORPUS}: the {split} split has {len(ids)} tokens; need at least 2")
                 if len(ids) < budget:
                     print(f"tokenize: data.max_{split}_tokens is {budget:,} but the {split} split has {len(ids):,} tokens: using them all")
                 save_tokens(out, split, ids, offsets)
-                counts[split] = {"tokens": int(len(ids)), "documents": int(len(offsets) - 1)}
+                counts[split] = {"tokens": int(len(ids)), "documents": int(len(offsets) - 1),
+                                 "predicted_bytes": tokens.predicted_bytes, "predicted_chars": tokens.predicted_chars}
                 print(f"tokenize: {split}: {len(ids):,} tokens in {len(offsets) - 1} documents")
             save_embedding(out, embedding)
             write_manifest(out, {"embedding_model": params.embedding.model, "vocab_size": embedding.shape[0], "embed_dim": embedding.shape[1], **counts})
         write_json_atomic(
             Path("metrics/tokenize.json"),
-            {"train_tokens": counts["train"]["tokens"], "val_tokens": counts["val"]["tokens"],
-             "train_documents": counts["train"]["documents"], "val_documents": counts["val"]["documents"],
+            {**{f"{split}_{key}": count[key] for split, count in counts.items() for key in ("tokens", "documents", "predicted_bytes")},
              "seconds": elapsed_since(start)},
         )
 

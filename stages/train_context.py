@@ -24,7 +24,8 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
     with stage_run("train_context", debug):
         start = time.perf_counter()
         params = load_params(params_file)
-        meta, train, _, embedding = load_token_folder(Path("data/tokens"))
+        _, splits, embedding = load_token_folder(Path("data/tokens"))
+        train = splits["train"]
         m = params.model
         cfg = ModelConfig.from_params(m, embedding)
         device = pick_device()

@@ -10,7 +10,7 @@ from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stag
 from ctxlm.config import load_params
 from ctxlm.model import ModelConfig, TokenModel
 from ctxlm.phase2 import SplitData, train_token_model
-from ctxlm.runtime import pick_device, seed_everything
+from ctxlm.runtime import pick_device, resolve_precision, seed_everything
 from ctxlm.shards import TOKEN_WEIGHTS, CstarReader, atomic_dir, load_token_folder, save_weights, write_csv_atomic, write_json_atomic, write_manifest
 
 app = make_app()
@@ -21,19 +21,20 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
     with stage_run("train_token", debug):
         start = time.perf_counter()
         params = load_params(params_file)
-        _, train_tokens, val_tokens, embedding = load_token_folder(Path("data/tokens"))
+        _, splits, embedding = load_token_folder(Path("data/tokens"))
         train_cstar, val_cstar = CstarReader(Path("data/cstar/train")), CstarReader(Path("data/cstar/val"))
         cfg = ModelConfig.from_metadata(train_cstar.meta["config"])
-        train = SplitData(train_cstar, train_tokens, cfg.num_input_tokens)
-        val = SplitData(val_cstar, val_tokens, cfg.num_input_tokens)
+        train = SplitData(train_cstar, splits["train"], cfg.num_input_tokens)
+        val = SplitData(val_cstar, splits["val"], cfg.num_input_tokens)
         device = pick_device()
         generator = seed_everything(params.seed)
+        phase2 = params.phase2.model_copy(update={"precision": resolve_precision(params.phase2.precision, device)})
         m = params.model
         model = TokenModel(cfg, embedding, weight_tying=m.weight_tying, freeze_embedding=m.freeze_embedding).to(device)
-        inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": params.phase2.model_dump(),
+        inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": phase2.model_dump(),
                   "data": [folder_digest(Path(f)) for f in ("data/tokens", "data/cstar/train", "data/cstar/val")]}
         checkpoint = Checkpoint("train_token", inputs)
-        result = train_token_model(model, train, val, params.phase2, device, generator, checkpoint)
+        result = train_token_model(model, train, val, phase2, device, generator, checkpoint, sample_seed=params.seed)
         metadata = {**cfg.to_metadata(), "weight_tying": str(m.weight_tying), "freeze_embedding": str(m.freeze_embedding)}
         with atomic_dir(Path("data/token_model")) as out:
             save_weights(out, TOKEN_WEIGHTS, result.best_state, metadata)
@@ -43,7 +44,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         write_json_atomic(
             Path("metrics/train_token.json"),
             {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_ppl": best["train_ppl"],
-             "val_ppl_at_best_epoch": best["val_ppl"], "phase2_seconds": round(result.seconds, 2),
+             "train_acc": best["train_acc"], "train_sample_positions": min(len(train), len(val)), "val_ppl_at_best_epoch": best["val_ppl"], "phase2_seconds": round(result.seconds, 2), "precision": phase2.precision,
              "tokens_per_s": round(len(train) * result.epochs_run / result.seconds), "seconds": elapsed_since(start)},
         )
         checkpoint.clear()

@@ -117,7 +117,7 @@ BAD_CORPORA = [
     ("binary", lambda f: corpus_file(f, "image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), "is not UTF-8 text"),
     ("NUL bytes", lambda f: corpus_file(f, "nul.txt", b"some text\x00\x00more\n\nsecond"), "looks binary"),
     ("latin-1", lambda f: corpus_file(f, "latin1.txt", "caf\u00e9 cr\u00e8me\n\nna\u00efve".encode("latin-1")), "is not UTF-8 text"),
-    ("one huge line", lambda f: corpus_file(f, "line.txt", b"word " * 400_000), "need at least 2"),
+    ("one huge line", lambda f: corpus_file(f, "line.txt", b"word " * 400_000), "need at least 3"),
     ("missing", lambda f: str(f / "no/such/corpus.txt"), "does not exist"),
     ("empty folder", lambda f: (f / "docs").mkdir() or str(f / "docs"), "holds no .txt files"),
     ("bad jsonl", lambda f: corpus_file(f, "c.jsonl", b'{"text": "a"}\n{oops\n'), "c.jsonl:2: not valid JSON"),
@@ -148,10 +148,11 @@ def test_bad_corpus_stops_prepare(tmp_path, monkeypatch, previous_corpus, name, 
     assert previous_corpus.read_bytes() == b"earlier output"
 
 
-def write_corpus(folder: Path, train: list[str], val: list[str]) -> None:
+def write_corpus(folder: Path, train: list[str], val: list[str], test: tuple[str, ...] = ("a test text",)) -> None:
     (folder / "data/corpus").mkdir(parents=True)
-    pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(train) + len(val))], "split": ["train"] * len(train) + ["val"] * len(val),
-                  "text": train + val}).to_parquet(folder / "data/corpus/documents.parquet")
+    splits = ["train"] * len(train) + ["val"] * len(val) + ["test"] * len(test)
+    pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(splits))], "split": splits,
+                  "text": [*train, *val, *test]}).to_parquet(folder / "data/corpus/documents.parquet")
 
 
 BAD_TOKENS = [
@@ -171,6 +172,13 @@ def test_bad_tokens_stop_tokenize(tmp_path, monkeypatch, name, train, val, param
     result = run_stage(tokenize.app, tmp_path, monkeypatch, **params)
     assert_one_line_error(result, "tokenize", message)
     assert [p.name for p in (tmp_path / "data/tokens").iterdir()] == ["earlier"]
+
+
+def test_a_one_token_test_split_stops_tokenize(tmp_path, monkeypatch):
+    write_corpus(tmp_path, ["plenty of training text"], ["some validation text"], test=("Hello",))
+    result = run_stage(tokenize.app, tmp_path, monkeypatch)
+    assert_one_line_error(result, "tokenize", "the test split has 1 tokens; need at least 2")
+    assert not (tmp_path / "data/tokens").exists()
 
 
 def test_a_token_budget_beyond_the_corpus_uses_it_all(tmp_path, monkeypatch):

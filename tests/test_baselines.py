@@ -90,3 +90,28 @@ def test_each_baseline_learns_and_beats_a_unigram_model(tmp_path, kind):
     assert val_loss < 0.7 * unigram_loss and val_acc > 0.3
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert math.isclose(val_loss, result.history[result.best_epoch - 1]["val_loss"], rel_tol=1e-5)
+
+
+def test_the_lstm_runs_under_bf16_autocast_on_any_cpu():
+    """oneDNN has no bf16 LSTM without AVX-512 ('could not create a primitive descriptor'): the body
+    runs its recurrence in fp32, so phase2.precision: bf16 works on every CPU and gives the fp32 result."""
+    from ctxlm.baselines import LSTMBody
+
+    torch.manual_seed(0)
+    body = LSTMBody(16, 8)
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = body(x)
+    with torch.autocast("cpu", enabled=False):
+        recurrence = body.lstm(x)[0]
+    torch.testing.assert_close(out.float(), body.out(recurrence), rtol=1e-2, atol=1e-2)  # only the projection in bf16
+
+
+def test_precision_auto_resolves_to_one_the_device_runs_natively(monkeypatch):
+    from ctxlm.runtime import resolve_precision
+
+    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
+    for avx512_bf16, amx, expected in ((False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert resolve_precision("auto", CPU) == expected

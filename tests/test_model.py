@@ -3,7 +3,16 @@ import torch
 
 from conftest import make_block, make_config
 from ctxlm.cstar import naive_cstar
-from ctxlm.model import ContextBlock, TokenBlock, TokenModel, input_features, token_block_widths, token_windows
+from ctxlm.model import ContextBlock, ModelConfig, TokenBlock, TokenModel, input_features, token_block_widths, token_windows
+
+
+def test_config_from_params_keeps_every_switch():
+    from ctxlm.config import ModelParams
+
+    params = ModelParams(context_dim=24, num_layers=3, num_input_tokens=2, token_input_all_layers=False)
+    cfg = ModelConfig.from_params(params, torch.zeros(50, 8))
+    assert (cfg.vocab_size, cfg.embed_dim, cfg.context_dim, cfg.num_layers, cfg.num_input_tokens, cfg.token_input_all_layers) == (50, 8, 24, 3, 2, False)
+    assert ModelConfig.from_metadata(cfg.to_metadata()) == cfg
 
 
 def test_token_windows_pad_at_document_starts():

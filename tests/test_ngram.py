@@ -48,3 +48,13 @@ def test_beats_an_add_one_unigram_on_held_out_text():
     counts = np.bincount(train, minlength=200) + 1.0
     unigram_loss = float(-np.log(counts[val[1:]] / counts.sum()).mean())
     assert loss < 0.6 * unigram_loss and accuracy > 0.3
+
+
+def test_evaluate_is_the_mean_negative_log_probability_and_the_argmax_hit_rate():
+    """The hand example above, scored on a held-out document 0 1 2: predictions (BOS,0)->1 and (0,1)->2
+    with p3 = 5/6 and 5/12; the argmax after (BOS,0) is 1 (a hit), after (0,1) it is 2 or 0 (p 5/12 each)."""
+    model = KneserNeyTrigram(vocab_size=3).fit(np.array([0, 1, 0, 1, 2]), np.array([0, 5]))
+    loss, accuracy = model.evaluate(np.array([0, 1, 2]), np.array([0, 3]))
+    assert loss == pytest.approx(-(np.log(5 / 6) + np.log(5 / 12)) / 2)
+    assert accuracy in (0.5, 1.0) and accuracy == np.mean(model.argmax(np.array([3, 0]), np.array([0, 1])) == [1, 2])
+    assert model.argmax(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).shape == (0,)  # a split without predictions

@@ -8,12 +8,27 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
-from conftest import ENV, ran_stages, sh, write_params
+from conftest import ENV, TINY, ran_stages, sh, write_params
 
 BASELINES = {"baseline_ngram", "baseline_neural@lstm", "baseline_neural@transformer"}
-QUALITY = ["val_ppl", "val_acc", "train_ppl", "best_epoch", "effective_rank", "params_total", "params_trainable"]
+QUALITY = ["test_ppl", "test_acc", "test_bits_per_byte", "val_ppl", "val_acc", "train_ppl", "best_epoch", "effective_rank",
+           "params_total", "params_trainable"]
+
+
+def numpy_effective_rank(repo: Path, layer: int, rows: int) -> float:
+    """exp(entropy(s / sum s)) of the validation C* rows that evaluate samples, computed with numpy
+    straight from the shard files (not through ctxlm's reader or metrics)."""
+    manifest = json.loads((repo / "data/cstar/val/manifest.json").read_text())
+    cstar = np.concatenate([np.load(repo / "data/cstar/val" / shard["file"]) for shard in manifest["meta"]["shards"]])
+    seed = yaml.safe_load((repo / "params.yaml").read_text())["seed"]
+    chosen = np.sort(np.random.default_rng(seed).choice(len(cstar), size=min(rows, len(cstar)), replace=False))
+    s = np.linalg.svd(cstar[chosen, layer].astype(np.float64), compute_uv=False)
+    p = s / s.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 @pytest.mark.slow
@@ -24,6 +39,10 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
     for key in QUALITY:
         assert math.isfinite(metrics[key]), key
     assert 0 < metrics["effective_rank_ratio"] <= 1 and 0 <= metrics["val_acc"] <= 1
+    # early stopping validated in fp32 like evaluate, with the same weights: the same figure exactly
+    assert metrics["val_ppl"] == json.loads((repo / "metrics/train_token.json").read_text())["val_ppl_at_best_epoch"]
+    tokens = json.loads((repo / "metrics/tokenize.json").read_text())
+    assert metrics["test_bits_per_byte"] == pytest.approx(metrics["test_loss"] * metrics["test_positions"] / math.log(2) / tokens["test_predicted_bytes"])
     curve = (repo / "metrics/train_token_curve.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,") and len(curve) == 1 + metrics["epochs_run"]
     sh(repo, "git", "add", "-A")
@@ -39,13 +58,15 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
 
     layers = sh(repo, "dvc", "exp", "run", "-S", "model.num_layers=2")
     assert ran_stages(layers.stdout) == {"train_context", "generate_cstar", "train_token", "evaluate", "baseline_neural@lstm", "baseline_neural@transformer"}
+    two_layers = json.loads((repo / "metrics/eval.json").read_text())
+    assert two_layers["effective_rank"] == two_layers["effective_rank_by_layer"]["layer_2"]  # the final layer's
+    assert two_layers["effective_rank"] == pytest.approx(numpy_effective_rank(repo, layer=1, rows=TINY["evaluate"]["rank_rows"]))
     shown = sh(repo, "dvc", "exp", "show", "--json").stdout
     assert "val_ppl" in shown
     for name in ("kneser_ney", "lstm", "transformer"):
         baseline = json.loads((repo / f"metrics/baselines/{name}.json").read_text())
         assert math.isfinite(baseline["val_ppl"]) and 0 <= baseline["val_acc"] <= 1, name
     lstm = json.loads((repo / "metrics/baselines/lstm.json").read_text())
-    two_layers = json.loads((repo / "metrics/eval.json").read_text())  # the last experiment's
     assert lstm["params_trainable_body"] == pytest.approx(two_layers["params_blocks"], rel=0.01)
 
 

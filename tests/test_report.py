@@ -1,15 +1,18 @@
 import json
+import math
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import sh
-from ctxlm.experiments import COMPARISONS, EXPERIMENTS, PREFIX, queue_commands, run_seed_experiments
 from ctxlm.errors import CtxlmError
-from ctxlm.report import comparison_table
+from ctxlm.experiments import COMPARISONS, EXPERIMENTS, PREFIX, SEEDS, experiment_name, parse_experiment_name, queue_commands, run_seed_experiments
+from ctxlm.report import comparison_table, mean_interval, paired_verdict
 
-TINY_SIZE = ["data.max_train_tokens=3000", "data.max_val_tokens=1200", "phase1.max_iterations=2", "phase2.epochs=2"]
+TINY_SIZE = ["data.max_train_tokens=1500", "data.max_val_tokens=600", "data.max_test_tokens=600",
+             "phase1.max_iterations=1", "phase2.epochs=1", "phase2.patience=1"]
 
 
 def test_every_comparison_names_defined_experiments_and_a_seed_figure_per_metric():
@@ -18,55 +21,120 @@ def test_every_comparison_names_defined_experiments_and_a_seed_figure_per_metric
             assert setting.experiment in EXPERIMENTS
             assert len(setting.seed) == len(comparison.metrics)
     queued = [command for command in queue_commands() if "--queue" in command]
-    assert len(queued) == len(EXPERIMENTS) and all(command[-1] == "evaluate" for command in queued)
+    assert len(queued) == len(EXPERIMENTS) * SEEDS and all(command[-1] == "evaluate" for command in queued)
+    names = [command[command.index("-n") + 1] for command in queued]
+    assert len(set(names)) == len(names)
+    for command, name in zip(queued, names):  # each run sets the seed its name says
+        setting, seed = parse_experiment_name(name)
+        assert f"seed={seed}" in command and setting in EXPERIMENTS
 
 
-def test_a_size_override_must_be_key_equals_value():
+def test_experiment_names_round_trip():
+    assert experiment_name("layers-3-first-input", 2) == "seed-layers-3-first-input-s2"
+    assert parse_experiment_name("seed-layers-3-first-input-s2") == ("layers-3-first-input", 2)
+    assert parse_experiment_name("seed-base") is None and parse_experiment_name("seed-unknown-s0") is None
+
+
+def test_a_size_override_must_be_key_equals_value_and_seeds_at_least_two():
     with pytest.raises(CtxlmError, match="expected key=value"):
         run_seed_experiments(["phase2.epochs"], dry_run=True)
+    with pytest.raises(CtxlmError, match="at least 2 seeds"):
+        run_seed_experiments([], seeds=1, dry_run=True)
 
 
 def test_a_failing_dvc_command_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not a DVC repository: the first `dvc exp run --queue` fails
-    with pytest.raises(CtxlmError, match=r"`dvc exp run --queue -n seed-base .*` failed \(exit status \d+"):
+    with pytest.raises(CtxlmError, match=r"`dvc exp run --queue -n seed-base-s0 .*` failed \(exit status \d+"):
         run_seed_experiments([])
 
 
-def test_comparison_table_change_and_direction():
+def test_mean_interval_by_hand():
+    mean, half = mean_interval([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2 df) = 4.303
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3))
+    mean, half = mean_interval([5.0, 5.0])
+    assert (mean, half) == (5.0, 0.0)
+    with pytest.raises(CtxlmError):
+        mean_interval([1.0])
+
+
+def test_paired_verdict_decides_by_the_interval_not_a_band():
+    assert paired_verdict([0.010, 0.012, 0.011], seed_change=0.5)[0] == "agrees"  # small but consistent
+    assert paired_verdict([-0.010, -0.012, -0.011], seed_change=0.5)[0] == "disagrees"
+    assert paired_verdict([0.30, -0.20, 0.25], seed_change=0.5)[0] == "within noise"  # large but inconsistent
+    assert paired_verdict([0.1, 0.2], seed_change=None)[0] == "no seed figure"
+    half = 4.303 * 0.1 / math.sqrt(3)  # sd 0.1: 0.248
+    assert paired_verdict([0.1, 0.2, 0.3], seed_change=-1.0) == ("within noise", pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    assert paired_verdict([0.2, 0.3, 0.4], seed_change=-1.0) == ("disagrees", pytest.approx(0.3 - half), pytest.approx(0.3 + half))
+
+
+def test_comparison_table_means_intervals_and_verdicts():
     embedding = COMPARISONS[0]  # A trained (seed PPL 1189), B frozen (seed 334): the seed found B better
-    metrics = {"val_ppl": 300.0, "val_acc": 0.15}
-    experiments = {"trained-embedding": {"metrics": {"val_ppl": 200.0, "val_acc": 0.15}}, "base": {"metrics": metrics}}
-    rows, sentence, agree, compared = comparison_table(embedding, experiments)
+    trained = {0: {"metrics": {"test_ppl": 200.0, "test_acc": 0.15}}, 1: {"metrics": {"test_ppl": 210.0, "test_acc": 0.16}},
+               2: {"metrics": {"test_ppl": 190.0, "test_acc": 0.15}}}
+    frozen = {0: {"metrics": {"test_ppl": 300.0, "test_acc": 0.15}}, 1: {"metrics": {"test_ppl": 315.0, "test_acc": 0.15}},
+              2: {"metrics": {"test_ppl": 285.0, "test_acc": 0.16}}}
+    rows, sentence, agree, compared = comparison_table(embedding, {"trained-embedding": trained, "base": frozen})
     assert (agree, compared) == (0, 2)
-    assert "disagrees on val PPL (ours +50.0%, seed -71.9%)" in sentence and "no change (under 1%) in val acc" in sentence
-    ppl, acc = rows[2], rows[3]
-    assert "| 200 | 300 | +50.0% |" in ppl and "-71.9%" in ppl and "disagrees (seed: B better)" in ppl
-    assert "+0.0%" in acc and "no change" in acc
+    # PPL: every seed +50%: the interval is [+50%, +50%], the seed's change -71.9%: disagrees
+    assert "disagrees on test PPL (ours +50.0% [+50.0%, +50.0%], seed -71.9%)" in sentence
+    assert "within noise on test acc" in sentence
+    ppl = rows[2]
+    assert "| 200 ± 24.8 | 300 ± 37.3 |" in ppl and "disagrees (seed: B better)" in ppl  # 4.303 * 10 / sqrt(3) = 24.8
 
 
 @pytest.mark.slow
-def test_report_renders_from_real_experiments(repo: Path):
-    sh(repo, "dvc", "repro")
+def test_report_is_rebuilt_from_a_clone_and_experiments_travel_through_remotes(repo: Path, tmp_path: Path):
+    sh(repo, "dvc", "repro", "evaluate")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-q", "-m", "tiny run")
     args = [item for setting in TINY_SIZE for item in ("-S", setting)]
-    sh(repo, sys.executable, "-m", "ctxlm", "seed-experiments", *args)
+    sh(repo, sys.executable, "-m", "ctxlm", "seed-experiments", "--seeds", "2", *args)
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     runs = {rev["name"]: rev["data"] for e in shown[1]["experiments"] for rev in e["revs"]}
-    assert set(runs) == {PREFIX + name for name in EXPERIMENTS}
+    assert set(runs) == {experiment_name(name, seed) for name in EXPERIMENTS for seed in (0, 1)}
 
+    sh(repo, sys.executable, "-m", "ctxlm", "collect")
     printed = sh(repo, sys.executable, "-m", "ctxlm", "report").stdout
     assert "wrote docs/RESULTS.md and 3 plots" in printed
     report = (repo / "docs/RESULTS.md").read_text()
     for comparison in COMPARISONS:
         assert f"### {comparison.title}" in report
-    for name in ("base", "trained-embedding", "layers-6"):  # figures come from the runs
-        ppl = runs[PREFIX + name]["metrics"]["metrics/eval.json"]["data"]["val_ppl"]
-        assert f"{ppl:,.1f}" in report, name
-    assert "-S model.num_layers=6" in report and "-S phase1.max_iterations=2" in report
-    for label in ("LSTM", "GPT-2-style Transformer", "Kneser-Ney trigram"):
-        assert f"| {label} |" in report
-    assert "Where we agree with the seed: on" in report
+    collected = json.loads((repo / "docs/results/experiments.json").read_text())
+    for name in (experiment_name("base", 1), experiment_name("layers-6", 0)):  # the figures are the runs'
+        assert collected[name]["metrics"]["metrics/eval.json"] == runs[name]["metrics"]["metrics/eval.json"]["data"], name
+    base = [collected[experiment_name("base", s)]["metrics"]["metrics/eval.json"]["test_ppl"] for s in (0, 1)]
+    mean, half = mean_interval(base)
+    assert f"{mean:,.1f} ± {half:,.1f}" in report
+    assert "-S model.num_layers=6" in report and "-S phase1.max_iterations=1" in report
+
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-q", "-m", "results")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    shutil.rmtree(clone / "docs")
+    sh(clone, "git", "checkout", "-q", "--", "docs/results/experiments.json")
+    sh(clone, sys.executable, "-m", "ctxlm", "report")
+    rebuilt, original = (clone / "docs/RESULTS.md").read_text().splitlines(), report.splitlines()
+    assert len(rebuilt) == len(original) and original[2].startswith("Written by `ctxlm report` on ")
+    assert [i for i, (a, b) in enumerate(zip(rebuilt, original)) if a != b] in ([], [2])  # at most the date line
     for png in ("seed_val_curves", "effective_rank_by_layer", "baseline_val_curves"):
-        data = (repo / f"docs/results/{png}.png").read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
+        assert (clone / f"docs/results/{png}.png").read_bytes() == (repo / f"docs/results/{png}.png").read_bytes(), png
+
+    # sharing the experiments themselves: a bare git remote for their refs, a local DVC remote for their data
+    bare, store = tmp_path / "origin.git", tmp_path / "dvc-store"
+    sh(tmp_path, "git", "init", "-q", "--bare", "-b", "main", str(bare))
+    sh(repo, "git", "remote", "add", "origin", str(bare))
+    sh(repo, "git", "push", "-q", "origin", "main")
+    sh(repo, "dvc", "remote", "add", "--local", "-d", "store", str(store))  # --local: read at every experiment's commit
+    name = experiment_name("untied", 1)
+    sh(repo, "dvc", "exp", "push", "origin", name)  # its git ref to origin, its outputs to the DVC remote
+    teammate = tmp_path / "teammate"
+    sh(tmp_path, "git", "clone", "-q", str(bare), str(teammate))
+    sh(teammate, "dvc", "remote", "add", "--local", "-d", "store", str(store))
+    sh(teammate, "dvc", "exp", "pull", "origin", name)
+    listed = sh(teammate, "dvc", "exp", "list", "--all-commits", "--name-only").stdout.split()
+    assert name in listed
+    sh(teammate, "dvc", "exp", "apply", name)
+    sh(teammate, "dvc", "pull", "-q")
+    assert json.loads((teammate / "metrics/eval.json").read_text()) == runs[name]["metrics"]["metrics/eval.json"]["data"]
+    assert (teammate / "data/token_model/manifest.json").is_file()

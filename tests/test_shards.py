@@ -44,3 +44,76 @@ def test_corrupt_shard_and_missing_manifest(tmp_path):
     (folder / "manifest.json").unlink()
     with pytest.raises(CtxlmError, match="no manifest.json"):
         read_manifest(folder, "generate_cstar")
+
+
+def test_loading_weights_is_strict_and_names_the_tensor_and_the_stage(tmp_path):
+    import torch
+
+    from conftest import make_block
+    from ctxlm.shards import CONTEXT_WEIGHTS, load_context_block, save_weights
+
+    block = make_block()
+    for name, state in (("extra", {**block.state_dict(), "linears.9.weight": torch.zeros(1)}),
+                        ("missing", {k: v for k, v in block.state_dict().items() if k != "norms.1.bias"}),
+                        ("reshaped", {**block.state_dict(), "norms.0.weight": torch.zeros(3)})):
+        folder = tmp_path / name
+        folder.mkdir()
+        save_weights(folder, CONTEXT_WEIGHTS, state, block.cfg.to_metadata())
+        write_manifest(folder, {})
+        with pytest.raises(CtxlmError) as err:
+            load_context_block(folder)
+        message = str(err.value)
+        assert "dvc repro --force train_context" in message, message
+        assert {"extra": "unexpected tensor(s) linears.9.weight", "missing": "missing tensor(s) norms.1.bias",
+                "reshaped": "tensor(s) of another shape norms.0.weight"}[name] in message, message
+    folder = tmp_path / "whole"
+    folder.mkdir()
+    save_weights(folder, CONTEXT_WEIGHTS, block.state_dict(), block.cfg.to_metadata())
+    write_manifest(folder, {})
+    loaded, _ = load_context_block(folder)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), block.state_dict().values()))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_token_model_round_trips_with_e_saved_only_when_trained(tmp_path, freeze):
+    import torch
+
+    from conftest import make_config
+    from ctxlm.model import TokenModel
+    from ctxlm.phase2 import trained_state
+    from ctxlm.shards import TOKEN_WEIGHTS, load_token_model, save_weights
+
+    cfg = make_config()
+    embedding = torch.randn(cfg.vocab_size, cfg.embed_dim)
+    model = TokenModel(cfg, embedding, weight_tying=False, freeze_embedding=freeze)
+    with torch.no_grad():
+        model.embedding.add_(0.0 if freeze else 1.0)  # a trained E differs from the tokens folder's
+    state = trained_state(model)
+    assert ("embedding" in state) == (not freeze)
+    save_weights(tmp_path, TOKEN_WEIGHTS, state, {**cfg.to_metadata(), "weight_tying": "False", "freeze_embedding": str(freeze)})
+    write_manifest(tmp_path, {})
+    loaded = load_token_model(tmp_path, embedding)
+    assert loaded.head is not None and loaded.embedding.requires_grad == (not freeze)
+    for (name, a), b in zip(loaded.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_tokens_folder_without_the_test_split_names_the_stage(tmp_path):
+    import torch
+
+    from ctxlm.shards import load_token_folder, save_embedding
+
+    save_embedding(tmp_path, torch.zeros(3, 2))
+    write_manifest(tmp_path, {"train": {}, "val": {}})
+    with pytest.raises(CtxlmError, match="before the test split.* existed; rerun it with: dvc repro --force tokenize"):
+        load_token_folder(tmp_path)
+
+
+def test_csv_is_written_whole_or_not_at_all(tmp_path):
+    import pandas as pd
+
+    from ctxlm.shards import write_csv_atomic
+
+    write_csv_atomic(tmp_path / "sub/curve.csv", pd.DataFrame({"epoch": [1, 2], "val_ppl": [3.5, 2.5]}))
+    assert (tmp_path / "sub/curve.csv").read_text() == "epoch,val_ppl\n1,3.5\n2,2.5\n"
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["curve.csv"]  # no temporary file left

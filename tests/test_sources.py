@@ -15,9 +15,9 @@ def load(source, **kw):
 def test_shakespeare_holds_out_whole_plays():
     docs = load("shakespeare")
     val_groups = set(docs.loc[docs.split == "val", "group"])
-    assert val_groups == {"hamlet", "macbeth"}
+    assert val_groups == {"hamlet", "macbeth"} and set(docs.loc[docs.split == "test", "group"]) == {"othello"}
     assert docs.group.nunique() == 38
-    assert not set(docs.loc[docs.split == "train", "group"]) & val_groups
+    assert not set(docs.loc[docs.split == "train", "group"]) & (val_groups | {"othello"})
     text = " ".join(docs.text)
     assert "**" not in text and "_Enter" not in text and "#" not in text
 
@@ -27,9 +27,32 @@ def test_play_scenes_strip_headings_speakers_and_directions():
     assert play_scenes(md) == [("SCENE I. A room.", "Hello there, friend.")]
 
 
-def test_unknown_val_play():
+def test_unknown_val_or_test_play():
     with pytest.raises(CtxlmError, match="data.val_plays"):
         load("shakespeare", val_plays=["hamlet", "hamlett"])
+    with pytest.raises(CtxlmError, match="data.test_plays: unknown play"):
+        load("shakespeare", test_plays=["othelo"])
+
+
+def test_a_play_in_both_held_out_splits_is_refused():
+    from ctxlm.config import parse_params
+
+    with pytest.raises(CtxlmError, match=r"data.val_plays and data.test_plays share \['hamlet'\]"):
+        parse_params({"data": {"val_plays": ["hamlet"], "test_plays": ["hamlet"]}})
+    with pytest.raises(CtxlmError, match=r"val_fraction \+ data.test_fraction"):
+        parse_params({"data": {"val_fraction": 0.5, "test_fraction": 0.5}})
+
+
+def test_other_sources_hold_out_disjoint_seeded_fractions(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("\n\n".join(f"doc {i}" for i in range(40)))
+    docs = load(path, val_fraction=0.1, test_fraction=0.2)
+    counts = docs.split.value_counts().to_dict()
+    assert counts == {"train": 28, "val": 4, "test": 8}  # ceil(0.1 * 40), ceil(0.2 * 40), the rest
+    assert docs.text.tolist() == [f"doc {i}" for i in range(40)]  # corpus order, each document once
+    with pytest.raises(CtxlmError, match="need at least 3"):
+        path.write_text("one\n\ntwo")
+        load(path)
 
 
 def test_text_file_blocks_and_folder_files(tmp_path):
@@ -47,9 +70,10 @@ def test_text_file_blocks_and_folder_files(tmp_path):
 
 def test_jsonl_text_and_messages(tmp_path):
     path = tmp_path / "c.jsonl"
-    rows = [{"text": "plain text"}, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    rows = [{"text": "plain text"}, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"text": "more text"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert sorted(load(path).text) == ["hi\nhello", "plain text"]
+    assert sorted(load(path).text) == ["hi\nhello", "more text", "plain text"]
 
 
 def test_hf_dataset_from_a_local_folder(tmp_path):
@@ -57,7 +81,7 @@ def test_hf_dataset_from_a_local_folder(tmp_path):
     folder.mkdir()
     pd.DataFrame({"messages": [[{"role": "user", "content": f"question {i}"}] for i in range(10)]}).to_parquet(folder / "train.parquet")
     docs = load(f"hf:{folder}:train")
-    assert len(docs) == 10 and (docs.split == "val").sum() == 1
+    assert len(docs) == 10 and (docs.split == "val").sum() == 1 and (docs.split == "test").sum() == 1
     assert sorted(docs.text)[0] == "question 0"
 
 

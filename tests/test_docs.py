@@ -1,0 +1,89 @@
+"""The figures the README and docs/RESULTS.md quote are the committed runs' figures: each test
+reads both sides (the Markdown and the metrics or experiment files) and compares them."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from ctxlm.report import RESULTS, write_report
+
+# README's result table: a column per model, read from that model's committed metrics file.
+MODEL_FILES = {"ctxlm": "metrics/eval.json", "LSTM": "metrics/baselines/lstm.json",
+               "GPT-2-style": "metrics/baselines/transformer.json", "Kneser–Ney trigram": "metrics/baselines/kneser_ney.json"}
+STAGE_FILES = {"prepare": "prepare", "tokenize": "tokenize", "train_context": "train_context", "generate_cstar": "generate_cstar",
+               "train_token": "train_token", "evaluate": "eval", "baseline_ngram": "baselines/kneser_ney",
+               "baseline_neural@lstm": "baselines/lstm", "baseline_neural@transformer": "baselines/transformer"}
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every table of a Markdown text as rows of cells (the separator row left out)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if not all(re.fullmatch(r":?-+:?", c) for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def assert_quoted(cell: str, value: float, where: str) -> None:
+    """`cell` shows `value` rounded to the decimals it shows (a % cell shows 100 * value)."""
+    text = cell.replace(",", "").replace("`", "")
+    percent = text.endswith("%")
+    number = text.rstrip("%")
+    decimals = len(number.split(".")[1]) if "." in number else 0
+    shown = 100 * value if percent else value
+    assert float(number) == round(shown, decimals), f"{where}: README shows {cell}, the metrics file has {shown}"
+
+
+def readme_result_rows():
+    readme = (REPO / "README.md").read_text()
+    for table in markdown_tables(readme):
+        header = table[0]
+        if header[:2] == ["metric", "ctxlm"]:
+            for row in table[1:]:
+                key = row[0].strip("`")
+                for model, cell in zip(header[1:], row[1:]):
+                    if cell not in ("", "–"):
+                        yield model, key, cell
+        if header == ["stage", "seconds"]:
+            for stage, cell in table[1:]:
+                yield "stage", stage.strip("`"), cell
+
+
+def test_the_readme_has_result_and_stage_tables():
+    found = {(model, key) for model, key, _ in readme_result_rows()}
+    assert ("ctxlm", "test_ppl") in found and ("ctxlm", "val_ppl") in found and ("stage", "train_token") in found
+
+
+@pytest.mark.parametrize("model, key, cell", list(readme_result_rows()))
+def test_every_readme_figure_is_the_committed_metrics(model, key, cell):
+    if model == "stage":
+        metrics, key = json.loads((REPO / f"metrics/{STAGE_FILES[key]}.json").read_text()), "seconds"
+    else:
+        metrics = json.loads((REPO / MODEL_FILES[model]).read_text())
+    assert_quoted(cell, metrics[key], f"{model} {key}")
+
+
+def test_results_md_is_what_the_committed_results_give(tmp_path, monkeypatch):
+    """docs/RESULTS.md, remade from the committed experiments and metrics, differs only in its date line."""
+    committed = REPO / "docs/RESULTS.md"
+    assert committed.is_file() == (REPO / RESULTS).is_file(), "docs/RESULTS.md and its experiments file come together"
+    if not committed.is_file():
+        pytest.skip("no seed experiments collected yet (ctxlm seed-experiments, ctxlm collect, ctxlm report)")
+    for path in ("metrics", "docs/results/experiments.json"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        copy = shutil.copytree if (REPO / path).is_dir() else shutil.copy
+        copy(REPO / path, tmp_path / path)
+    monkeypatch.chdir(tmp_path)
+    write_report(Path("docs/RESULTS.md"))
+    remade, original = Path("docs/RESULTS.md").read_text().splitlines(), committed.read_text().splitlines()
+    assert len(remade) == len(original)
+    assert [b for a, b in zip(remade, original) if a != b] == [original[2]]
