@@ -43,10 +43,14 @@ def random_documents(tokens: int, rng: np.random.Generator) -> tuple[np.ndarray,
 def prepare_folder(folder: Path, train_tokens: int, context_dim: int, dtype: str) -> None:
     rng = np.random.default_rng(0)
     with atomic_dir(folder / "data/tokens") as out:
-        for split, n in (("train", train_tokens), ("val", train_tokens // 10)):
-            save_tokens(out, split, *random_documents(n, rng))
+        counts = {}
+        for split, n in (("train", train_tokens), ("val", train_tokens // 10), ("test", train_tokens // 10)):
+            ids, offsets = random_documents(n, rng)
+            save_tokens(out, split, ids, offsets)
+            # random ids have no text: a nominal byte (and character) per token, so evaluate can run
+            counts[split] = {"tokens": n, "documents": len(offsets) - 1, "predicted_bytes": n, "predicted_chars": n}
         save_embedding(out, torch.randn(VOCAB, EMBED_DIM, generator=torch.Generator().manual_seed(0)))
-        write_manifest(out, {"embedding_model": "random", "vocab_size": VOCAB, "embed_dim": EMBED_DIM})
+        write_manifest(out, {"embedding_model": "random", "vocab_size": VOCAB, "embed_dim": EMBED_DIM, **counts})
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=VOCAB, embed_dim=EMBED_DIM, context_dim=context_dim)
     with atomic_dir(folder / "data/context") as out:
