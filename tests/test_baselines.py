@@ -115,3 +115,24 @@ def test_precision_auto_resolves_to_one_the_device_runs_natively(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
         assert resolve_precision("auto", CPU) == expected
+
+
+def test_the_baseline_train_loss_is_measured_on_seeded_windows_after_the_epoch(tmp_path):
+    from ctxlm.baselines import window_sample
+
+    rng = np.random.default_rng(0)
+    for split, lengths in (("train", [60, 45, 80]), ("val", [30, 25])):
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        save_tokens(tmp_path, split, rng.integers(0, 40, offsets[-1]), offsets)
+    train, val = (SequenceData(TokenSplit(tmp_path, s), 8, 8) for s in ("train", "val"))
+    cfg = ModelConfig(vocab_size=40, embed_dim=16, context_dim=16)
+    torch.manual_seed(0)
+    model = build_baseline("lstm", cfg, torch.randn(40, 16), weight_tying=True, freeze_embedding=True, seq_len=8, transformer_layers=1)
+    params = Phase2Params(epochs=1, patience=1, batch_size=16, precision="fp32")
+    result = train_baseline(model, train, val, params, CPU, torch.Generator().manual_seed(0), None, "lstm", sample_seed=3)
+    sample = window_sample(train, val.tokens, 3)
+    scored = (train.lengths[sample] - train.skips[sample]).sum()
+    assert val.tokens <= scored < val.tokens + 8 and len(sample) < len(train)  # just past val's size: at most one window more
+    loss, acc = evaluate_sequences(model, train, CPU, sample=sample)
+    assert result.history[0]["train_loss"] == loss and result.history[0]["train_acc"] == acc
+    assert loss != evaluate_sequences(model, train, CPU)[0]  # a sample, not the whole split
