@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def plain_loop(block: ContextBlock, x: torch.Tensor, starts: torch.Tensor, p: Phase1Params, generator: torch.Generator) -> float:
-    """The algorithm of DESIGN.md written the obvious way; returns the last convergence rate."""
+    """The phase-1 algorithm of docs/design.md written the obvious way; returns the last convergence rate."""
     n = x.shape[0]
     contexts = torch.randn(n, block.cfg.context_dim, generator=generator) * p.init_std
     optimizer = torch.optim.Adam(block.parameters(), lr=p.lr)

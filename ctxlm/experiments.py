@@ -1,4 +1,4 @@
-"""The seed's five comparisons (DESIGN.md, "The seed's findings") as named DVC experiments, each
+"""The seed's five comparisons (docs/design.md, "The research notes' figures") as named DVC experiments, each
 setting run with several seeds.
 
 Each comparison sets two experiments side by side; experiments shared by two comparisons run once
@@ -48,7 +48,7 @@ class Metric:
 class Setting:
     label: str
     experiment: str  # a key of EXPERIMENTS
-    seed: tuple[float | None, ...]  # the seed's figures for the comparison's metrics (DESIGN.md); None: not reported
+    seed: tuple[float | None, ...]  # the seed's figures for the comparison's metrics (docs/design.md); None: not reported
 
 
 @dataclass(frozen=True)

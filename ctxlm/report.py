@@ -286,7 +286,7 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
              f"Written by `ctxlm report` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
              f"Read from `{results.as_posix()}` ({sum(len(s) for s in experiments.values())} runs of the experiments of commit "
              f"`{first['commit'][:10]}`, collected by `ctxlm collect`) and the committed metrics files. Every figure below is read "
-             "from those runs; only the seed's own figures (docs/design.md, \"The seed's findings\": GPT-2 embeddings, UltraChat) "
+             "from those runs; only the seed's own figures (docs/design.md, \"The research notes' figures that ctxlm quotes\": GPT-2 embeddings, UltraChat) "
              "are quoted.", "",
              "## How these results were made", "", "```sh", "dvc repro                 # the full-size run: ctxlm and the baselines",
              f"ctxlm seed-experiments --seeds {len(seeds)}   # queued and ran, for each seed k in {seeds}:"]

@@ -87,3 +87,12 @@ def test_results_md_is_what_the_committed_results_give(tmp_path, monkeypatch):
     remade, original = Path("docs/RESULTS.md").read_text().splitlines(), committed.read_text().splitlines()
     assert len(remade) == len(original)
     assert [b for a, b in zip(remade, original) if a != b] == [original[2]]
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves_inside_the_repository():
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
+            if "://" in target:
+                continue
+            path = (page.parent / target).resolve()
+            assert path.is_relative_to(REPO) and path.exists(), f"{page.name}: {target}"
