@@ -3,7 +3,7 @@ setting run with several seeds.
 
 Each comparison sets two experiments side by side; experiments shared by two comparisons run once
 per seed. They run at a reduced size (SIZE), chosen so that the whole set (7 settings x 3 seeds)
-takes about 90 minutes on a 2-core CPU, and only up to `evaluate` (the baselines are compared at
+takes about 90 minutes on a 2-core AVX2 CPU (phase 2 in fp32), and only up to `evaluate` (the baselines are compared at
 full size, in the main workspace).
 """
 
@@ -19,9 +19,9 @@ from ctxlm.errors import CtxlmError
 PREFIX = "seed-"
 SEEDS = 3
 SIZE = {
-    "data.max_train_tokens": "30000",
-    "data.max_val_tokens": "15000",
-    "data.max_test_tokens": "15000",
+    "data.max_train_tokens": "20000",
+    "data.max_val_tokens": "10000",
+    "data.max_test_tokens": "10000",
     "phase1.max_iterations": "20",
     "phase2.epochs": "6",
 }
