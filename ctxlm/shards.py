@@ -191,8 +191,9 @@ class CstarReader:
                 version = np.lib.format.read_magic(f)
                 read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, fortran_order, dtype = read_header(f)
-                if fortran_order:
-                    raise CtxlmError(f"{path}: not a C-ordered C* shard; rerun it with: dvc repro --force generate_cstar")
+                if fortran_order or shape[0] != shard["rows"]:
+                    raise CtxlmError(f"{path}: not the C-ordered C* shard of {shard['rows']} rows that the manifest lists "
+                                     f"(shape {shape}); rerun it with: dvc repro --force generate_cstar")
                 self.data_offsets.append(f.tell())
             self.files.append(path)
             self.row_shape, self.dtype = shape[1:], dtype

@@ -32,6 +32,17 @@ def make_block(dtype=torch.float32, **overrides) -> ContextBlock:
     return block
 
 
+def bf16_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor) -> float:
+    """The cross-entropy that precision "bf16" means for the head: logits = bf16(hidden) . bf16(W)^T
+    summed exactly (fp64) and rounded to bf16 like a bf16 matmul's output, + the fp32 bias; the
+    log-softmax in fp64."""
+    round_bf16 = lambda t: t.detach().bfloat16().double()  # noqa: E731
+    logits = (round_bf16(hidden) @ round_bf16(weight).T).bfloat16().double()
+    if bias is not None:
+        logits = logits + bias.detach().double()
+    return torch.nn.functional.cross_entropy(logits, targets).item()
+
+
 def make_token_split(tmp_path, doc_lengths, vocab=50, seed=0, split="train") -> TokenSplit:
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(doc_lengths)])

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctxlm.baselines import IGNORE, KINDS, SequenceData, build_baseline, evaluate_sequences, train_baseline
+from conftest import bf16_head_loss
+from ctxlm.baselines import IGNORE, KINDS, SequenceData, TransformerBody, build_baseline, evaluate_sequences, sequence_loss, train_baseline
 from ctxlm.config import Phase2Params
 from ctxlm.metrics import count
 from ctxlm.model import ContextBlock, ModelConfig, TokenBlock
@@ -105,6 +106,31 @@ def test_the_lstm_runs_under_bf16_autocast_on_any_cpu():
     with torch.autocast("cpu", enabled=False):
         recurrence = body.lstm(x)[0]
     torch.testing.assert_close(out.float(), body.out(recurrence), rtol=1e-2, atol=1e-2)  # only the projection in bf16
+
+
+def test_precision_bf16_rounds_the_baseline_head_s_operands_and_products_to_bf16():
+    """As for ctxlm's TokenModel: the head under precision bf16 is computed from bf16 operands."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=100, embed_dim=32, context_dim=32)
+    model = build_baseline("transformer", cfg, torch.randn(100, 32), weight_tying=False, freeze_embedding=True, seq_len=8, transformer_layers=1)
+    inputs = torch.randint(0, 100, (4, 8))
+    targets = torch.randint(0, 100, (4, 8))
+    targets[0, :3] = IGNORE
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model.hidden(inputs)
+    scored = targets != IGNORE
+    reference = bf16_head_loss(hidden[scored].float(), *model.head_parameters(), targets[scored])
+    (bf16, n), (fp32, _) = (sequence_loss(model, inputs, targets, precision, CPU) for precision in ("bf16", "fp32"))
+    assert n == 29 and abs(bf16.item() - reference) < 3e-6 * reference < abs(fp32.item() - reference)
+
+
+def test_the_transformer_baseline_has_no_dropout():
+    """Training mode computes what evaluation mode does (GPT2Config's dropouts default to 0.1; ours are 0)."""
+    torch.manual_seed(0)
+    body = TransformerBody(embed_dim=16, width=32, layers=2, seq_len=8)
+    x = torch.randn(3, 8, 16)
+    trained = body.train()(x)
+    torch.testing.assert_close(trained, body.eval()(x), rtol=0, atol=0)
 
 
 def test_precision_auto_resolves_to_one_the_device_runs_natively(monkeypatch):

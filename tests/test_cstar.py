@@ -51,6 +51,7 @@ def test_shard_ranges_keep_documents_whole():
     offsets = np.array([0, 5, 30, 31, 60, 61])
     assert shard_ranges(offsets, 20) == [(0, 2), (2, 4), (4, 5)]
     assert shard_ranges(offsets, 1000) == [(0, 5)]
+    assert shard_ranges(offsets, 30) == [(0, 2), (2, 4), (4, 5)]  # a shard closes as soon as it holds shard_tokens
 
 
 def test_batched_equals_naive_in_float32_up_to_512_tokens():
@@ -125,6 +126,8 @@ def test_write_cstar_resumes_after_the_last_complete_shard(tmp_path, monkeypatch
     assert dying.calls == 1  # shards 0 and 1 were kept, only shard 2 was computed again
     for name in [*shards, "manifest.json"]:
         assert (tmp_path / "out/val" / name).read_bytes() == (tmp_path / "reference/val" / name).read_bytes()
+    reader = CstarReader(tmp_path / "out/val")
+    assert [s["rows"] for s in reader.meta["shards"]] == [37, 38, 23] and len(reader) == 98  # 7+30 | 1+12+25 | 9+14
 
 
 def test_write_cstar_refuses_when_the_disk_is_short(tmp_path, monkeypatch):

@@ -18,6 +18,18 @@ def test_kneser_ney_by_hand():
     assert model.argmax(np.array([3, 2]), np.array([0, 2])).tolist() == [1, model.top_unigram]
 
 
+def test_kneser_ney_by_hand_with_a_history_seen_once():
+    """Documents 0 1 0 1 2 and 2 0 (V = 3, BOS = 3). Trigram types, each once: D3 = 1. N(.vw): (0,1) 2,
+    (1,0) 1, (1,2) 1, (2,0) 1: D2 = 3 / (3 + 2) = 0.6. N(.w): 0 <- {1, 2} 2, 1 <- {0} 1, 2 <- {1} 1:
+    D1 = 2 / (2 + 2) = 0.5, p1(w) = max(N(.w) - 0.5, 0)/4 + 0.5 * 3/4 * 1/3: p1 = (1/2, 1/4, 1/4).
+    History 2 is seen once, before 0: p2(0|2) = 0.4/1 + 0.6 * 1/1 * 1/2 = 0.7, p2(1|2) = p2(2|2) = 0.6 * 1/4 = 0.15;
+    (0, 2) was never seen, so p3(w|0,2) = p2(w|2); p3(0|3,2) = 0 + 1 * 1/1 * p2(0|2) = 0.7."""
+    model = KneserNeyTrigram(vocab_size=3).fit(np.array([0, 1, 0, 1, 2, 2, 0]), np.array([0, 5, 7]))
+    assert (model.d3, model.d2, model.d1) == (1.0, 0.6, 0.5)
+    p = model.prob(np.array([0, 0, 0, 3, 0]), np.array([2, 2, 2, 2, 3]), np.array([0, 1, 2, 0, 0]))
+    np.testing.assert_allclose(p, [0.7, 0.15, 0.15, 0.7, 0.5])  # history 3 (BOS) is never a bigram's first word: p1
+
+
 def test_every_context_is_a_distribution_and_the_argmax_is_its_mode():
     rng = np.random.default_rng(0)
     V = 40

@@ -1,8 +1,11 @@
+import json
+import re
+
 import numpy as np
 import pytest
 
 from ctxlm.errors import CtxlmError
-from ctxlm.shards import CstarReader, atomic_dir, read_manifest, write_manifest
+from ctxlm.shards import CstarReader, atomic_dir, read_manifest, write_json_atomic, write_manifest
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
@@ -41,6 +44,9 @@ def test_corrupt_shard_and_missing_manifest(tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(CtxlmError, match="checksum mismatch"):
         CstarReader(folder)
+    shard.unlink()
+    with pytest.raises(CtxlmError, match=rf"^{re.escape(str(shard))}: missing; rerun it with: dvc repro --force generate_cstar$"):
+        CstarReader(folder)
     (folder / "manifest.json").unlink()
     with pytest.raises(CtxlmError, match="no manifest.json"):
         read_manifest(folder, "generate_cstar")
@@ -53,7 +59,7 @@ def test_loading_weights_is_strict_and_names_the_tensor_and_the_stage(tmp_path):
     from ctxlm.shards import CONTEXT_WEIGHTS, load_context_block, save_weights
 
     block = make_block()
-    for name, state in (("extra", {**block.state_dict(), "linears.9.weight": torch.zeros(1)}),
+    for name, state in (("extra", {**block.state_dict(), "linears.9.weight": torch.zeros(1), "linears.9.bias": torch.zeros(1)}),
                         ("missing", {k: v for k, v in block.state_dict().items() if k != "norms.1.bias"}),
                         ("reshaped", {**block.state_dict(), "norms.0.weight": torch.zeros(3)})):
         folder = tmp_path / name
@@ -63,8 +69,9 @@ def test_loading_weights_is_strict_and_names_the_tensor_and_the_stage(tmp_path):
         with pytest.raises(CtxlmError) as err:
             load_context_block(folder)
         message = str(err.value)
+        assert message.startswith(f"{folder / CONTEXT_WEIGHTS}: does not fit the ContextBlock: "), message
         assert "dvc repro --force train_context" in message, message
-        assert {"extra": "unexpected tensor(s) linears.9.weight", "missing": "missing tensor(s) norms.1.bias",
+        assert {"extra": "unexpected tensor(s) linears.9.bias, linears.9.weight", "missing": "missing tensor(s) norms.1.bias",
                 "reshaped": "tensor(s) of another shape norms.0.weight"}[name] in message, message
     folder = tmp_path / "whole"
     folder.mkdir()
@@ -117,3 +124,19 @@ def test_csv_is_written_whole_or_not_at_all(tmp_path):
     write_csv_atomic(tmp_path / "sub/curve.csv", pd.DataFrame({"epoch": [1, 2], "val_ppl": [3.5, 2.5]}))
     assert (tmp_path / "sub/curve.csv").read_text() == "epoch,val_ppl\n1,3.5\n2,2.5\n"
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["curve.csv"]  # no temporary file left
+
+
+def test_json_is_written_into_folders_that_do_not_exist_yet(tmp_path):
+    path = tmp_path / "metrics" / "baselines" / "lstm.json"
+    write_json_atomic(path, {"val_ppl": 1.5})
+    assert json.loads(path.read_text()) == {"val_ppl": 1.5}
+    assert [p.name for p in path.parent.iterdir()] == ["lstm.json"]
+
+
+def test_a_shard_of_other_rows_than_the_manifest_lists_is_named(tmp_path):
+    folder = tmp_path / "val"
+    folder.mkdir()
+    np.save(folder / "shard-00000.npy", np.ones((4, 1, 3), dtype=np.float32))
+    write_manifest(folder, {"shards": [{"file": "shard-00000.npy", "rows": 5}]})
+    with pytest.raises(CtxlmError, match=r"shard-00000.npy: not the C-ordered C\* shard of 5 rows that the manifest lists \(shape \(4, 1, 3\)\)"):
+        CstarReader(folder)
