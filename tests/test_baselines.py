@@ -150,7 +150,7 @@ def test_the_baseline_train_loss_is_measured_on_seeded_windows_after_the_epoch(t
     for split, lengths in (("train", [60, 45, 80]), ("val", [30, 25])):
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         save_tokens(tmp_path, split, rng.integers(0, 40, offsets[-1]), offsets)
-    train, val = (SequenceData(TokenSplit(tmp_path, s), 8, 8) for s in ("train", "val"))
+    train, val = (SequenceData(TokenSplit(tmp_path, s), 8, stride) for s, stride in (("train", 4), ("val", 8)))
     cfg = ModelConfig(vocab_size=40, embed_dim=16, context_dim=16)
     torch.manual_seed(0)
     model = build_baseline("lstm", cfg, torch.randn(40, 16), weight_tying=True, freeze_embedding=True, seq_len=8, transformer_layers=1)

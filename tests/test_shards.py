@@ -116,14 +116,33 @@ def test_a_tokens_folder_without_the_test_split_names_the_stage(tmp_path):
         load_token_folder(tmp_path)
 
 
+def test_a_tokens_folder_loads_its_splits_and_embedding_and_names_its_stage(tmp_path):
+    import torch
+
+    from ctxlm.shards import SPLITS, load_token_folder, load_token_model, save_embedding, save_tokens
+
+    embedding = torch.arange(6.0).reshape(3, 2)
+    save_embedding(tmp_path, embedding)
+    for n, split in enumerate(SPLITS):
+        save_tokens(tmp_path, split, np.arange(n + 2) % 3, np.array([0, n + 2]))
+    write_manifest(tmp_path, {split: {} for split in SPLITS})
+    meta, splits, loaded = load_token_folder(tmp_path)
+    assert torch.equal(loaded, embedding) and [len(splits[s]) for s in SPLITS] == [2, 3, 4]
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(CtxlmError, match="no manifest.json.*; rerun it with: dvc repro --force tokenize$"):
+        load_token_folder(tmp_path)
+    with pytest.raises(CtxlmError, match="no manifest.json.*; rerun it with: dvc repro --force train_token$"):
+        load_token_model(tmp_path, embedding)
+
+
 def test_csv_is_written_whole_or_not_at_all(tmp_path):
     import pandas as pd
 
     from ctxlm.shards import write_csv_atomic
 
-    write_csv_atomic(tmp_path / "sub/curve.csv", pd.DataFrame({"epoch": [1, 2], "val_ppl": [3.5, 2.5]}))
-    assert (tmp_path / "sub/curve.csv").read_text() == "epoch,val_ppl\n1,3.5\n2,2.5\n"
-    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["curve.csv"]  # no temporary file left
+    write_csv_atomic(tmp_path / "sub/dir/curve.csv", pd.DataFrame({"epoch": [1, 2], "val_ppl": [3.5, 2.5]}))
+    assert (tmp_path / "sub/dir/curve.csv").read_text() == "epoch,val_ppl\n1,3.5\n2,2.5\n"
+    assert [p.name for p in (tmp_path / "sub/dir").iterdir()] == ["curve.csv"]  # no temporary file left
 
 
 def test_json_is_written_into_folders_that_do_not_exist_yet(tmp_path):
