@@ -70,3 +70,12 @@ def test_evaluate_is_the_mean_negative_log_probability_and_the_argmax_hit_rate()
     assert loss == pytest.approx(-(np.log(5 / 6) + np.log(5 / 12)) / 2)
     assert accuracy in (0.5, 1.0) and accuracy == np.mean(model.argmax(np.array([3, 0]), np.array([0, 1])) == [1, 2])
     assert model.argmax(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).shape == (0,)  # a split without predictions
+
+
+def test_groups_are_the_runs_of_equal_keys():
+    from ctxlm.ngram import _groups
+
+    keys, rows = _groups(np.array([1, 1, 4, 7, 7, 7]), np.arange(6))
+    assert keys.tolist() == [1, 4, 7] and [r.tolist() for r in rows] == [[0, 1], [2], [3, 4, 5]]
+    keys, rows = _groups(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    assert keys.shape == (0,) and rows == []
