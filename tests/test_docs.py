@@ -85,8 +85,8 @@ def test_results_md_is_what_the_committed_results_give(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_report(Path("docs/RESULTS.md"))
     remade, original = Path("docs/RESULTS.md").read_text().splitlines(), committed.read_text().splitlines()
-    assert len(remade) == len(original)
-    assert [b for a, b in zip(remade, original) if a != b] == [original[2]]
+    assert original[2].startswith("Written by `ctxlm report` on ") and remade[2].startswith("Written by `ctxlm report` on ")
+    assert remade[:2] + remade[3:] == original[:2] + original[3:]  # all but the date line (the same within a minute)
 
 
 def test_every_relative_link_in_the_readme_and_docs_resolves_inside_the_repository():
