@@ -25,13 +25,14 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         context_block, cfg = load_context_block(Path("data/context"))
         model = load_token_model(Path("data/token_model"), embedding)
         device = pick_device()
+        readers = {split: CstarReader(Path(f"data/cstar/{split}")) for split in ("test", "val")}  # each verified once
         figures = {}
-        for split in ("test", "val"):
-            data = SplitData(CstarReader(Path(f"data/cstar/{split}")), splits[split], cfg.num_input_tokens)
+        for split, reader in readers.items():
+            data = SplitData(reader, splits[split], cfg.num_input_tokens)
             loss, acc = evaluate_split(model.to(device), data, device, desc=f"evaluate {split}")
             figures.update(split_figures(split, loss, acc, len(data), meta[split]))
 
-        val_cstar = CstarReader(Path("data/cstar/val"))
+        val_cstar = readers["val"]
         rng = np.random.default_rng(params.seed)
         rows = np.sort(rng.choice(len(val_cstar), size=min(params.evaluate.rank_rows, len(val_cstar)), replace=False))
         sample = val_cstar.gather(rows)  # (rank_rows, L, d_c)
