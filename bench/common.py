@@ -6,15 +6,29 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ctxlm.config import DataParams
-from ctxlm.cstar import generate_split
+from ctxlm.cstar import cstar_into, generate_split
 from ctxlm.embedding import load_embedding, load_tokenizer, resolve_model_dir
 from ctxlm.model import ContextBlock, ModelConfig
-from ctxlm.shards import CstarReader, TokenSplit, load_context_block, save_tokens, write_manifest
+from ctxlm.shards import CstarReader, TokenSplit, save_tokens, write_manifest
+from ctxlm.weights import load_context_block
 from ctxlm.sources import load_documents
 from ctxlm.tokens import tokenize_documents
+
+
+def batched_cstar(block: ContextBlock, embedding: torch.Tensor, docs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Several documents' (T_b, k) id windows -> their (T_b, L, d_c) C*, through ctxlm's generator
+    (`cstar_into`) in memory: what the benchmarks and the tests compare with the per-token oracle."""
+    windows = torch.cat(docs)
+    offsets = np.concatenate([[0], np.cumsum([d.shape[0] for d in docs])])
+    dtype = np.float64 if embedding.dtype == torch.float64 else np.float32
+    out = np.zeros((len(windows), block.cfg.num_layers, block.cfg.context_dim), dtype=dtype)
+    cstar_into(block, embedding, windows, offsets, out)
+    result = torch.from_numpy(out)
+    return [result[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def offline_tokens(folder: Path, train_tokens: int, val_tokens: int) -> tuple[TokenSplit, TokenSplit, torch.Tensor]:

@@ -25,7 +25,8 @@ import yaml
 from bench.common import workdir
 from ctxlm.config import Params
 from ctxlm.model import ContextBlock, ModelConfig
-from ctxlm.shards import CONTEXT_WEIGHTS, atomic_dir, save_embedding, save_tokens, save_weights, write_manifest
+from ctxlm.shards import atomic_dir, save_embedding, save_tokens, write_manifest
+from ctxlm.weights import CONTEXT_WEIGHTS, save_weights
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 REPO = Path(__file__).resolve().parents[1]

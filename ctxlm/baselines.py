@@ -23,8 +23,8 @@ from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
 from ctxlm.metrics import count
 from ctxlm.model import ContextBlock, ModelConfig, TokenBlock, head_parameters, input_features, untied_head
-from ctxlm.phase2 import ChunkedLinearCrossEntropy, Phase2Result, TrainingTask, train_epochs
-from ctxlm.runtime import autocast, progress
+from ctxlm.phase2 import ChunkedLinearCrossEntropy, Phase2Result, TrainingTask, score_batches, train_epochs
+from ctxlm.runtime import autocast
 from ctxlm.shards import TokenSplit
 
 KINDS = ("lstm", "transformer")
@@ -170,19 +170,14 @@ def evaluate_sequences(model: BaselineLM, data: SequenceData, device: torch.devi
     split, or of the windows `sample`."""
     model.eval()
     order = np.arange(len(data)) if sample is None else sample
-    loss_sum, correct, scored_tokens = 0.0, 0, 0
-    bar = progress(total=int((data.lengths[order] - data.skips[order]).sum()), desc=desc, unit="tok", unit_scale=True, leave=False)
-    for inputs, targets in data.batches(order, sequences, device):
-        hidden = model.hidden(inputs)
-        scored = targets != IGNORE
-        weight, bias = model.head_parameters()
-        logits = F.linear(hidden[scored].float(), weight, bias)
-        loss_sum += F.cross_entropy(logits, targets[scored], reduction="sum").item()
-        correct += (logits.argmax(dim=1) == targets[scored]).sum().item()
-        scored_tokens += int(scored.sum())
-        bar.update(int(scored.sum()))
-    bar.close()
-    return loss_sum / scored_tokens, correct / scored_tokens
+    weight, bias = model.head_parameters()
+
+    def scored_logits():
+        for inputs, targets in data.batches(order, sequences, device):
+            scored = targets != IGNORE
+            yield F.linear(model.hidden(inputs)[scored].float(), weight, bias), targets[scored]
+
+    return score_batches(scored_logits(), int((data.lengths[order] - data.skips[order]).sum()), desc)
 
 
 def window_sample(data: SequenceData, tokens: int, seed: int) -> np.ndarray:

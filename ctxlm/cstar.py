@@ -27,7 +27,7 @@ from ctxlm.config import CstarParams
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, input_features, token_windows
 from ctxlm.runtime import progress
-from ctxlm.shards import CSTAR_STORAGE, TokenSplit, atomic_dir, encode_cstar, sha256, write_manifest
+from ctxlm.shards import CSTAR_STORAGE, TokenSplit, atomic_dir, decode_cstar, encode_cstar, sha256, write_manifest
 
 HOISTED_ROWS = 1 << 16  # token slots gathered per window of steps (bounds memory)
 # Below this many running documents a step is a few small kernels whose cost is thread start-up:
@@ -131,17 +131,6 @@ def cstar_into(
         t0 += steps
 
 
-def batched_cstar(block: ContextBlock, embedding: torch.Tensor, docs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Several documents' (T_b, k) id windows -> their (T_b, L, d_c) C* (through `cstar_into`)."""
-    windows = torch.cat(docs)
-    offsets = np.concatenate([[0], np.cumsum([d.shape[0] for d in docs])])
-    dtype = np.float64 if embedding.dtype == torch.float64 else np.float32
-    out = np.zeros((len(windows), block.cfg.num_layers, block.cfg.context_dim), dtype=dtype)
-    cstar_into(block, embedding, windows, offsets, out)
-    result = torch.from_numpy(out)
-    return [result[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-
-
 def split_windows(tokens: TokenSplit, k: int) -> torch.Tensor:
     """(N, k) id windows of a whole split (see model.token_windows)."""
     ids = torch.from_numpy(np.asarray(tokens.ids, dtype=np.int64))
@@ -190,12 +179,34 @@ def generate_split(
         out = np.lib.format.open_memmap(folder / name, mode="w+", dtype=CSTAR_STORAGE[dtype], shape=(b - a, L, d_c))
         cstar_into(block, embedding, windows[a:b], tokens.offsets[first : end + 1] - a, out, bar.update)
         out.flush()
+        for doc in sorted({first, end - 1}):  # the first and the last document: the last must start from a reset context
+            start, stop = int(tokens.offsets[doc]), int(tokens.offsets[doc + 1])
+            check_against_oracle(block, embedding, windows[start:stop], out[start - a : stop - a], f"{desc}, {name}, document {doc}")
         del out
         shards.append({"file": name, "rows": b - a})
         if on_shard:
             on_shard(shards[-1])
     bar.close()
     return shards
+
+
+ORACLE_TOKENS = 16
+STORAGE_RTOL = {"float32": 0.0, "float16": 2.0**-10, "bfloat16": 2.0**-7}  # one unit in the last place stored
+
+
+def check_against_oracle(block: ContextBlock, embedding: torch.Tensor, document: torch.Tensor, stored: np.ndarray, where: str) -> None:
+    """Compare the stored C* of a document's first tokens with `naive_cstar`, the per-token oracle:
+    a cheap guard, on every device, that the fast recurrence computed what the model means
+    (tolerance: fp32 rounding, plus the rounding of the storage dtype)."""
+    n = min(ORACLE_TOKENS, len(document))
+    expected = naive_cstar(block, input_features(embedding, document[:n])).float().cpu()
+    got = decode_cstar(np.asarray(stored[:n])).float()
+    rtol = STORAGE_RTOL["bfloat16" if stored.dtype == np.uint16 else str(stored.dtype)] if stored.dtype != np.float64 else 0.0
+    error = (got - expected).abs() - rtol * expected.abs()
+    if error.max().item() > 1e-4:
+        token = int(error.amax(dim=(1, 2)).argmax())
+        raise CtxlmError(f"{where}: the C* generator disagrees with the per-token recurrence at the document's token {token} "
+                         f"by {error.max().item():.2e} (beyond rounding): a bug or a numerical fault on {embedding.device}; please report it")
 
 
 def check_free_space(folder: Path, needed: int, what: str) -> None:

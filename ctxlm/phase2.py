@@ -17,7 +17,8 @@ from ctxlm.cstar import split_windows
 from ctxlm.errors import CtxlmError
 from ctxlm.model import TokenModel
 from ctxlm.runtime import autocast, progress, release_free_memory
-from ctxlm.shards import CstarReader, TokenSplit, decode_cstar, load_trained_state
+from ctxlm.shards import CstarReader, TokenSplit, decode_cstar
+from ctxlm.weights import load_trained_state
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -139,15 +140,23 @@ def evaluate_split(model: TokenModel, data: SplitData, device: torch.device, bat
     over the examples `sample` (sorted indices into data.positions)."""
     model.eval()
     order = np.arange(len(data)) if sample is None else sample
-    loss_sum, correct = 0.0, 0
-    bar = progress(total=len(order), desc=desc, unit="tok", unit_scale=True, leave=False)
-    for contexts, windows, targets in data.batches(order, batch, device):
-        logits = model(contexts, windows).float()
+    batches = ((model(contexts, windows), targets) for contexts, windows, targets in data.batches(order, batch, device))
+    return score_batches(batches, len(order), desc)
+
+
+def score_batches(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], positions: int, desc: str) -> tuple[float, float]:
+    """Mean cross-entropy (nats) and argmax accuracy, in fp32, of (logits, targets) batches that
+    hold `positions` positions in all: the scoring that ctxlm and the neural baselines share."""
+    loss_sum, correct, scored = 0.0, 0, 0
+    bar = progress(total=positions, desc=desc, unit="tok", unit_scale=True, leave=False)
+    for logits, targets in batches:
+        logits = logits.float()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         correct += (logits.argmax(dim=1) == targets).sum().item()
+        scored += len(targets)
         bar.update(len(targets))
     bar.close()
-    return loss_sum / len(order), correct / len(order)
+    return loss_sum / scored, correct / scored
 
 
 def seeded_sample(population: int, size: int, seed: int) -> np.ndarray:

@@ -288,7 +288,7 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
              f"`{first['commit'][:10]}`, collected by `ctxlm collect`) and the committed metrics files. Every figure below is read "
              "from those runs; only the seed's own figures (docs/design.md, \"The research notes' figures that ctxlm quotes\": GPT-2 embeddings, UltraChat) "
              "are quoted.", "",
-             "## How these results were made", "", "```sh", "dvc repro                 # the full-size run: ctxlm and the baselines",
+             "## How these results were made", "", "```sh", "dvc repro                 # the full-size run of ctxlm", "dvc repro baselines/dvc.yaml   # and of the baselines",
              f"ctxlm seed-experiments --seeds {len(seeds)}   # queued and ran, for each seed k in {seeds}:"]
     lines += [f"  dvc exp run --queue -n {PREFIX}{name}-s<k> -S seed=<k> "
               + " ".join(f"-S {s}" for s in experiments[name][seeds[0]]["switches"] if not s.startswith("seed=")) + " evaluate"

@@ -111,10 +111,6 @@ class TokenSplit:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
-    @property
-    def num_docs(self) -> int:
-        return len(self.offsets) - 1
-
     def doc_starts(self) -> np.ndarray:
         return doc_starts(self.offsets, len(self))
 
@@ -254,61 +250,3 @@ def write_csv_atomic(path: Path, frame) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     frame.to_csv(tmp, index=False)
     os.replace(tmp, path)
-
-
-# ---- model weights ------------------------------------------------------------------------------
-
-
-def save_weights(folder: Path, name: str, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, Path(folder) / name, metadata=metadata)
-
-
-def load_trained_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, hint: str) -> None:
-    """Load `state` into `module` strictly: every tensor of the module must be there (a frozen
-    parameter, never saved, may be left out) with its shape, and no other. A mismatch is an error
-    naming the tensors, where they came from (`source`) and what to do (`hint`)."""
-    expected = module.state_dict()
-    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
-    missing = sorted(set(expected) - set(state) - frozen)
-    unexpected = sorted(set(state) - set(expected))
-    reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    problems = [f"{what} {', '.join(names)}" for what, names in
-                (("missing tensor(s)", missing), ("unexpected tensor(s)", unexpected), ("tensor(s) of another shape", reshaped)) if names]
-    if problems:
-        raise CtxlmError(f"{source}: does not fit the {type(module).__name__}: {'; '.join(problems)}; {hint}")
-    module.load_state_dict(state, strict=False)
-
-
-def load_weights(folder: Path, name: str, regenerate: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Verified safetensors weights and their metadata."""
-    from safetensors import safe_open
-
-    read_manifest(folder, regenerate)
-    with safe_open(Path(folder) / name, framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-
-
-CONTEXT_WEIGHTS = "context_block.safetensors"
-TOKEN_WEIGHTS = "token_model.safetensors"
-
-
-def load_context_block(folder: Path):
-    """data/context -> (ContextBlock in eval mode, its ModelConfig)."""
-    from ctxlm.model import ContextBlock, ModelConfig
-
-    state, metadata = load_weights(folder, CONTEXT_WEIGHTS, "train_context")
-    cfg = ModelConfig.from_metadata(metadata)
-    block = ContextBlock(cfg)
-    load_trained_state(block, state, str(Path(folder) / CONTEXT_WEIGHTS), "rerun it with: dvc repro --force train_context")
-    return block.eval().requires_grad_(False), cfg
-
-
-def load_token_model(folder: Path, embedding: torch.Tensor):
-    """data/token_model -> TokenModel with the best epoch's weights (E from the tokens folder when it was frozen)."""
-    from ctxlm.model import ModelConfig, TokenModel
-
-    state, metadata = load_weights(folder, TOKEN_WEIGHTS, "train_token")
-    cfg = ModelConfig.from_metadata(metadata)
-    model = TokenModel(cfg, embedding, metadata["weight_tying"] == "True", metadata["freeze_embedding"] == "True")
-    load_trained_state(model, state, str(Path(folder) / TOKEN_WEIGHTS), "rerun it with: dvc repro --force train_token")
-    return model

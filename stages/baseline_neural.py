@@ -14,7 +14,8 @@ from ctxlm.errors import CtxlmError
 from ctxlm.metrics import count, split_figures
 from ctxlm.model import ModelConfig
 from ctxlm.runtime import pick_device, resolve_precision, seed_everything
-from ctxlm.shards import load_token_folder, load_trained_state, write_csv_atomic, write_json_atomic
+from ctxlm.shards import load_token_folder, write_csv_atomic, write_json_atomic
+from ctxlm.weights import load_trained_state
 
 app = make_app()
 

@@ -11,7 +11,8 @@ from ctxlm.config import load_params
 from ctxlm.metrics import count, effective_rank, split_figures
 from ctxlm.phase2 import SplitData, evaluate_split
 from ctxlm.runtime import pick_device
-from ctxlm.shards import CstarReader, load_context_block, load_token_folder, load_token_model, write_json_atomic
+from ctxlm.shards import CstarReader, load_token_folder, write_json_atomic
+from ctxlm.weights import load_context_block, load_token_model
 
 app = make_app()
 

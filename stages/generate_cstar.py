@@ -8,7 +8,8 @@ from ctxlm.config import load_params
 from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cstar import write_cstar
 from ctxlm.runtime import pick_device
-from ctxlm.shards import load_context_block, load_token_folder, write_json_atomic
+from ctxlm.shards import load_token_folder, write_json_atomic
+from ctxlm.weights import load_context_block
 
 app = make_app()
 

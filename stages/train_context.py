@@ -14,7 +14,8 @@ from ctxlm.metrics import count
 from ctxlm.model import ContextBlock, ModelConfig, input_features
 from ctxlm.phase1 import train_context_block
 from ctxlm.runtime import pick_device, seed_everything
-from ctxlm.shards import CONTEXT_WEIGHTS, atomic_dir, load_token_folder, save_weights, write_csv_atomic, write_json_atomic, write_manifest
+from ctxlm.shards import atomic_dir, load_token_folder, write_csv_atomic, write_json_atomic, write_manifest
+from ctxlm.weights import CONTEXT_WEIGHTS, save_weights
 
 app = make_app()
 

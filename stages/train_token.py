@@ -11,7 +11,8 @@ from ctxlm.config import load_params
 from ctxlm.model import ModelConfig, TokenModel
 from ctxlm.phase2 import SplitData, train_token_model
 from ctxlm.runtime import pick_device, resolve_precision, seed_everything
-from ctxlm.shards import TOKEN_WEIGHTS, CstarReader, atomic_dir, load_token_folder, save_weights, write_csv_atomic, write_json_atomic, write_manifest
+from ctxlm.shards import CstarReader, atomic_dir, load_token_folder, write_csv_atomic, write_json_atomic, write_manifest
+from ctxlm.weights import TOKEN_WEIGHTS, save_weights
 
 app = make_app()
 

@@ -71,7 +71,7 @@ class Dying:
 # ---- end-to-end: the real DVC pipeline in a temporary git repository ------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "ctxlm"]
+PROJECT_FILES = ["dvc.yaml", "baselines/dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "ctxlm"]
 TINY = {
     "data": {"max_train_tokens": 3000, "max_val_tokens": 1200},
     "model": {"context_dim": 16},
@@ -113,6 +113,7 @@ def repo(tmp_path: Path) -> Path:
         if src.is_dir():
             shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, repo / name)
     write_params(repo, TINY)
     sh(repo, "git", "init", "-q", "-b", "main")

@@ -7,7 +7,8 @@ import torch
 from conftest import Dying, Killed, make_block, make_token_split
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import CstarParams
-from ctxlm.cstar import batched_cstar, cstar_into, generate_split, naive_cstar, shard_ranges, split_windows, write_cstar
+from bench.common import batched_cstar
+from ctxlm.cstar import cstar_into, generate_split, naive_cstar, shard_ranges, split_windows, write_cstar
 from ctxlm.errors import CtxlmError
 from ctxlm.model import input_features, token_windows
 from ctxlm.shards import CstarReader, write_manifest
@@ -78,7 +79,7 @@ def test_generate_split_writes_shards_in_token_order(tmp_path):
     reader = CstarReader(out)
     assert len(reader.files) > 1 and reader.shape == (75, 2, 12)
     x = input_features(embedding, split_windows(tokens, 2))
-    for d in range(tokens.num_docs):
+    for d in range(len(tokens.offsets) - 1):
         a, b = tokens.offsets[d], tokens.offsets[d + 1]
         expected = naive_cstar(block, x[a:b]).numpy()
         np.testing.assert_allclose(reader.slice(a, b), expected, atol=1e-5)
@@ -147,3 +148,28 @@ def test_non_finite_cstar_stops_and_names_the_stage_to_rerun(tmp_path):
     with pytest.raises(CtxlmError, match=r"C\* is not finite .*dvc repro --force train_context"):
         write_cstar(block, torch.randn(50, 8), {"train": tokens}, tmp_path / "out", CstarParams(), Checkpoint("generate_cstar", {}, root=tmp_path))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fault", ["no reset", "off by one token"])
+def test_generate_split_stops_when_its_output_disagrees_with_the_per_token_oracle(tmp_path, monkeypatch, fault):
+    """Every shard's first document is checked against naive_cstar as it is written: a generator
+    that forgets the reset at a document start, or writes row i's C* at row i + 1, is caught."""
+    import ctxlm.cstar as cstar
+
+    tokens = make_token_split(tmp_path, [7, 30, 12])
+    block = make_block(torch.float32)
+    embedding = torch.randn(50, block.cfg.embed_dim)
+    real = cstar.cstar_into
+
+    def faulty(block, embedding, windows, offsets, out, *args):
+        if fault == "no reset":  # the whole shard as one document: the context runs on across starts
+            offsets = np.array([offsets[0], offsets[-1]])
+        real(block, embedding, windows, offsets, out, *args)
+        if fault == "off by one token":
+            out[1:] = out[:-1].copy()
+
+    monkeypatch.setattr(cstar, "cstar_into", faulty)
+    out = tmp_path / "cstar"
+    out.mkdir()
+    with pytest.raises(CtxlmError, match="disagrees with the per-token recurrence"):
+        generate_split(block, embedding, tokens, out, shard_tokens=20, desc="C* train")

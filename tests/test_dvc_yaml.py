@@ -35,9 +35,13 @@ def closure(path: Path) -> set[str]:
     return {str(Path(f).relative_to(REPO)) for f in seen}
 
 
+PIPELINES = ["dvc.yaml", "baselines/dvc.yaml"]  # ctxlm's, and the baselines' (run from the repository root: wdir ..)
+
+
 def stages() -> list[tuple[str, dict]]:
-    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
-        yield name, stage.get("do", stage)
+    for pipeline in PIPELINES:
+        for name, stage in yaml.safe_load((REPO / pipeline).read_text())["stages"].items():
+            yield f"{pipeline}:{name}", stage.get("do", stage)
 
 
 @pytest.mark.parametrize("name, stage", list(stages()), ids=[name for name, _ in stages()])
@@ -47,3 +51,16 @@ def test_stage_deps_are_the_modules_its_program_imports(name, stage):
     source = program.replace(".", "/") + ".py"
     assert source in deps
     assert {d for d in deps if d.startswith("ctxlm")} == closure(REPO / source)
+
+
+def test_the_main_pipeline_is_ctxlm_alone_and_the_baselines_run_from_the_repository_root():
+    main = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert list(main["stages"]) == ["prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate"]
+    assert not any("baselines" in path for path in main["metrics"])
+    for name in ("prepare", "tokenize"):  # documents and tokens do not depend on the model: editing it reruns neither
+        assert "ctxlm/model.py" not in main["stages"][name]["deps"], name
+    baselines = yaml.safe_load((REPO / "baselines/dvc.yaml").read_text())
+    for name, stage in baselines["stages"].items():
+        assert stage.get("do", stage)["wdir"] == "..", name
+    for path in baselines["metrics"]:  # top-level metrics are read relative to baselines/
+        assert (REPO / "baselines" / path).resolve().parent == REPO / "metrics/baselines", path

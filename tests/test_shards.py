@@ -56,7 +56,7 @@ def test_loading_weights_is_strict_and_names_the_tensor_and_the_stage(tmp_path):
     import torch
 
     from conftest import make_block
-    from ctxlm.shards import CONTEXT_WEIGHTS, load_context_block, save_weights
+    from ctxlm.weights import CONTEXT_WEIGHTS, load_context_block, save_weights
 
     block = make_block()
     for name, state in (("extra", {**block.state_dict(), "linears.9.weight": torch.zeros(1), "linears.9.bias": torch.zeros(1)}),
@@ -88,7 +88,7 @@ def test_a_token_model_round_trips_with_e_saved_only_when_trained(tmp_path, free
     from conftest import make_config
     from ctxlm.model import TokenModel
     from ctxlm.phase2 import trained_state
-    from ctxlm.shards import TOKEN_WEIGHTS, load_token_model, save_weights
+    from ctxlm.weights import TOKEN_WEIGHTS, load_token_model, save_weights
 
     cfg = make_config()
     embedding = torch.randn(cfg.vocab_size, cfg.embed_dim)
@@ -119,7 +119,8 @@ def test_a_tokens_folder_without_the_test_split_names_the_stage(tmp_path):
 def test_a_tokens_folder_loads_its_splits_and_embedding_and_names_its_stage(tmp_path):
     import torch
 
-    from ctxlm.shards import SPLITS, load_token_folder, load_token_model, save_embedding, save_tokens
+    from ctxlm.shards import SPLITS, load_token_folder, save_embedding, save_tokens
+    from ctxlm.weights import load_token_model
 
     embedding = torch.arange(6.0).reshape(3, 2)
     save_embedding(tmp_path, embedding)
