@@ -189,7 +189,8 @@ def window_sample(data: SequenceData, tokens: int, seed: int) -> np.ndarray:
 
 
 def train_baseline(model: BaselineLM, train: SequenceData, val: SequenceData, params: Phase2Params, device: torch.device,
-                   generator: torch.Generator, checkpoint: Checkpoint | None, name: str, sample_seed: int = 0) -> Phase2Result:
+                   generator: torch.Generator, checkpoint: Checkpoint | None, name: str, sample_seed: int = 0,
+                   on_epoch: Callable[[list[dict]], None] | None = None) -> Phase2Result:
     """Phase 2's loop on whole sequences: phase2.batch_size // seq_len of them a step; the train
     loss is measured after every epoch on seeded windows scoring as many positions as `val`."""
     sequences = max(1, params.batch_size // train.seq_len)
@@ -201,4 +202,4 @@ def train_baseline(model: BaselineLM, train: SequenceData, val: SequenceData, pa
         validate=lambda: evaluate_sequences(model, val, device, desc="validate"),
         measure_train=lambda: evaluate_sequences(model, train, device, desc="train sample", sample=sample),
     )
-    return train_epochs(model, task, params, generator, checkpoint, name)
+    return train_epochs(model, task, params, generator, checkpoint, name, on_epoch)

@@ -6,8 +6,9 @@ from pathlib import Path
 import typer
 
 from ctxlm.cli import DEBUG_OPTION, make_app, stage_run
-from ctxlm.experiments import SEEDS, run_seed_experiments
-from ctxlm.report import RESULTS, collect_experiments, write_report
+from ctxlm.config import load_params
+from ctxlm.experiments import FULL_PREFIX, FULL_SIZE_TARGETS, SEEDS, full_size_commands, run_commands, run_seed_experiments
+from ctxlm.report import FULL_SIZE_RESULTS, RESULTS, collect_experiments, collect_full_size, write_report
 
 app = make_app()
 
@@ -24,11 +25,28 @@ def seed_experiments(
         run_seed_experiments(size, seeds, dry_run)
 
 
+@app.command("full-size-seeds")
+def full_size_seeds(
+    model: list[str] = typer.Option(list(FULL_SIZE_TARGETS), "--model", help=" | ".join(FULL_SIZE_TARGETS) + " (repeatable)"),
+    seeds: int = typer.Option(SEEDS, "--seeds", help="seeds 0 .. N-1 in all; the workspace's committed run is its own seed"),
+    jobs: int = typer.Option(1, "--jobs", help="experiments run at once (each uses every core: 1 unless there are spare ones)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc commands, run nothing"),
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Queue full-size runs of ctxlm and the LSTM with the other seeds as DVC experiments, and run the queue."""
+    with stage_run("full-size-seeds", debug):
+        run_commands(full_size_commands(model, seeds, load_params(Path("params.yaml")).seed, jobs), dry_run, FULL_PREFIX)
+
+
 @app.command()
-def collect(out: Path = typer.Option(RESULTS, help="the JSON file to write (commit it)"), debug: bool = DEBUG_OPTION) -> None:
-    """Write the seed experiments' metrics and curves from DVC to a JSON file that travels with the repository."""
+def collect(out: Path = typer.Option(RESULTS, help="the seed experiments' JSON file (commit it)"),
+            full_size_out: Path = typer.Option(FULL_SIZE_RESULTS, help="the full-size seeds' JSON file (commit it)"),
+            debug: bool = DEBUG_OPTION) -> None:
+    """Write the seed experiments' and the full-size seeds' metrics (and curves) from DVC to JSON files
+    that travel with the repository."""
     with stage_run("collect", debug):
-        collect_experiments(out)
+        full_size_runs = collect_full_size(full_size_out)
+        collect_experiments(out, required=not full_size_runs)  # one of the two kinds at least
 
 
 @app.command()

@@ -5,6 +5,9 @@ Each comparison sets two experiments side by side; experiments shared by two com
 per seed. They run at a reduced size (SIZE), chosen so that the whole set (7 settings x 3 seeds)
 takes about 90 minutes on a 2-core AVX2 CPU (phase 2 in fp32), and only up to `evaluate` (the baselines are compared at
 full size, in the main workspace).
+
+ctxlm and the LSTM (the strongest baseline) also run at full size with more seeds, as experiments
+`full-<model>-s<seed>` beside the workspace's committed run, for the baseline table's intervals.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from ctxlm.errors import CtxlmError
 
 PREFIX = "seed-"
 SEEDS = 3
+FULL_PREFIX = "full-"  # full-size runs with other seeds: full-<model>-s<seed>
+FULL_SIZE_TARGETS = {"ctxlm": "evaluate", "lstm": "baselines/dvc.yaml:baseline_neural@lstm"}  # the DVC target each runs
 SIZE = {
     "data.max_train_tokens": "20000",
     "data.max_val_tokens": "10000",
@@ -85,12 +90,15 @@ def experiment_name(setting: str, seed: int) -> str:
     return f"{PREFIX}{setting}-s{seed}"
 
 
+def _parse_name(name: str | None, prefix: str, known) -> tuple[str, int] | None:
+    """'<prefix><what>-s<seed>' -> (what, seed) when `what` is in `known`, else None."""
+    match = re.fullmatch(rf"{re.escape(prefix)}(.+)-s(\d+)", name or "")
+    return (match[1], int(match[2])) if match and match[1] in known else None
+
+
 def parse_experiment_name(name: str) -> tuple[str, int] | None:
     """experiment_name's inverse: (setting, seed), or None for a name that is not one of ours."""
-    match = re.fullmatch(rf"{re.escape(PREFIX)}(.+)-s(\d+)", name or "")
-    if not match or match[1] not in EXPERIMENTS:
-        return None
-    return match[1], int(match[2])
+    return _parse_name(name, PREFIX, EXPERIMENTS)
 
 
 def queue_commands(size: dict[str, str] = SIZE, seeds: int = SEEDS) -> list[list[str]]:
@@ -103,6 +111,36 @@ def queue_commands(size: dict[str, str] = SIZE, seeds: int = SEEDS) -> list[list
                 command += ["-S", f"{key}={value}"]
             commands.append([*command, "evaluate"])
     return [*commands, ["dvc", "exp", "run", "--run-all", "--jobs", "1"]]
+
+
+def full_size_name(model: str, seed: int) -> str:
+    """The DVC experiment name of a full-size run of `model` (a key of FULL_SIZE_TARGETS) with `seed`."""
+    return f"{FULL_PREFIX}{model}-s{seed}"
+
+
+def parse_full_size_name(name: str) -> tuple[str, int] | None:
+    """full_size_name's inverse: (model, seed), or None."""
+    return _parse_name(name, FULL_PREFIX, FULL_SIZE_TARGETS)
+
+
+def full_size_commands(models: list[str], seeds: int, workspace_seed: int, jobs: int) -> list[list[str]]:
+    """`dvc exp run --queue` for each model and each seed 0 .. seeds-1 but the workspace's own (its
+    committed run is that seed), then the command that runs the queue with `jobs` workers."""
+    unknown = [m for m in models if m not in FULL_SIZE_TARGETS]
+    if unknown or not models:
+        raise CtxlmError(f"--model {', '.join(unknown) or '(none)'}: one of {', '.join(FULL_SIZE_TARGETS)}")
+    commands = [["dvc", "exp", "run", "--queue", "-n", full_size_name(model, seed), "-S", f"seed={seed}", FULL_SIZE_TARGETS[model]]
+                for model in models for seed in range(seeds) if seed != workspace_seed]
+    return [*commands, ["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)]]
+
+
+def run_commands(commands: list[list[str]], dry_run: bool, prefix: str) -> None:
+    """Print and run each command; the first that fails is one clear error."""
+    for command in commands:
+        print("$ " + shlex.join(command), flush=True)
+        if not dry_run and (code := subprocess.run(command).returncode):
+            raise CtxlmError(f"`{shlex.join(command)}` failed (exit status {code}; DVC's message is above). "
+                             f"An experiment of the same name on this commit? Remove the old ones: dvc exp remove {prefix}...")
 
 
 def run_seed_experiments(size_overrides: list[str], seeds: int = SEEDS, dry_run: bool = False) -> None:
@@ -118,8 +156,4 @@ def run_seed_experiments(size_overrides: list[str], seeds: int = SEEDS, dry_run:
         if not sep:
             raise CtxlmError(f"-S {override!r}: expected key=value, e.g. -S data.max_train_tokens=20000")
         size[key] = value
-    for command in queue_commands(size, seeds):
-        print("$ " + shlex.join(command), flush=True)
-        if not dry_run and (code := subprocess.run(command).returncode):
-            raise CtxlmError(f"`{shlex.join(command)}` failed (exit status {code}; DVC's message is above). "
-                             f"An experiment of the same name on this commit? Remove the old ones: dvc exp remove {PREFIX}...")
+    run_commands(queue_commands(size, seeds), dry_run, PREFIX)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,7 @@ def train_context_block(
     params: Phase1Params,
     generator: torch.Generator,
     checkpoint: Checkpoint | None = None,
+    on_iteration: Callable[[list[dict]], None] | None = None,
 ) -> Phase1Result:
     """Train `block` in place on the (N, d_x) token inputs of the training stream.
 
@@ -53,7 +55,8 @@ def train_context_block(
     (plus Gaussian noise, not at document starts), sums the OACD loss over equal mini-batches
     weighted by their size, clips the gradient and takes one Adam step. With a checkpoint, the state
     after an iteration (weights, Adam, the noise generator, the contexts) is saved every few
-    minutes, and a killed run resumes from it exactly."""
+    minutes, and a killed run resumes from it exactly. `on_iteration(history)` follows every
+    iteration (the history holds a dict per iteration so far, from the checkpoint's too when resumed)."""
     n = x.shape[0]
     d_c = block.cfg.context_dim
     device = x.device
@@ -103,6 +106,8 @@ def train_context_block(
         convergence = (moved < params.convergence_threshold).float().mean().item()
         contexts = new
         history.append({"iteration": iteration, "loss": total, "convergence_rate": convergence})
+        if on_iteration:
+            on_iteration(history)
         bar.set_postfix(loss=f"{total:.4f}", converged=f"{convergence:.1%}", refresh=False)
         if checkpoint and checkpoint.due():
             checkpoint.save({"block": block.state_dict(), "optimizer": optimizer.state_dict(), "rng": generator.get_state(),

@@ -206,6 +206,7 @@ def train_token_model(
     generator: torch.Generator,
     checkpoint: Checkpoint | None = None,
     sample_seed: int = 0,
+    on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> Phase2Result:
     """Phase 2: the TokenModel trained on the C* of `train`, validated on `val` after every epoch;
     the train loss is measured after every epoch on a seeded sample of as many training examples
@@ -222,7 +223,7 @@ def train_token_model(
         validate=lambda: evaluate_split(model, val, device, desc="validate"),
         measure_train=lambda: evaluate_split(model, train, device, desc="train sample", sample=sample),
     )
-    return train_epochs(model, task, params, generator, checkpoint, "train_token")
+    return train_epochs(model, task, params, generator, checkpoint, "train_token", on_epoch)
 
 
 def train_epochs(
@@ -232,10 +233,12 @@ def train_epochs(
     generator: torch.Generator,
     checkpoint: Checkpoint | None,
     name: str,
+    on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> Phase2Result:
     """Adam over shuffled (seeded) batches; after every epoch the train loss measured on a fixed
     sample (fp32) and the validation loss; early stop after `patience` epochs without a better
-    validation loss; returns the best epoch's weights.
+    validation loss; returns the best epoch's weights. `on_epoch(history)` follows every epoch's end
+    (the history holds a dict per epoch so far, from the checkpoint's too when resumed).
 
     With a checkpoint, the whole state (weights, Adam, the shuffling generator, the epoch's progress)
     is saved every few minutes and after every epoch, and a killed run resumes from it exactly:
@@ -293,6 +296,8 @@ def train_epochs(
             {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss), "train_acc": train_acc,
              "running_train_ppl": math.exp(running_loss), "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_acc": val_acc}
         )
+        if on_epoch:
+            on_epoch(run["history"])
         print(f"{name} epoch {epoch}: train ppl {math.exp(train_loss):.1f}, val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}", flush=True)
         if val_loss < run["best_loss"]:
             run.update(best_loss=val_loss, best_epoch=epoch, stale=0, best_state=trained_state(model))

@@ -9,7 +9,6 @@ read from those; only the seed's own figures are quoted (docs/design.md).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import statistics
@@ -23,12 +22,17 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ctxlm.curves import BASELINE_CURVES, CURVES, load_curve, metrics_dir, read_curve  # noqa: E402
 from ctxlm.errors import CtxlmError  # noqa: E402
-from ctxlm.experiments import COMPARISONS, EXPERIMENTS, PREFIX, Comparison, Metric, parse_experiment_name  # noqa: E402
+from ctxlm.experiments import (  # noqa: E402
+    COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_TARGETS, PREFIX, Comparison, Metric, parse_experiment_name, parse_full_size_name,
+)
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
 COMMITS = 10  # how far back (in commits) `ctxlm collect` looks for the seed experiments
 RESULTS = Path("docs/results/experiments.json")
+FULL_SIZE_RESULTS = Path("docs/results/full_size.json")
+FULL_SIZE_METRICS = {"ctxlm": "metrics/eval.json", "lstm": "metrics/baselines/lstm.json"}  # each model's figures in a run
 STAGE_METRICS = ("train_context", "generate_cstar", "train_token", "eval")  # ctxlm's training and scoring stages
 # Student's t quantile t(0.975, df) for df = 1..30: a 95% interval of a mean of df + 1 values.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -77,18 +81,48 @@ def _switches(commit_params: dict, experiment_params: dict) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in after.items() if before.get(key) != value]
 
 
-def collect_experiments(out: Path = RESULTS, commits: int = COMMITS) -> int:
-    """Write the seed experiments of the newest of the last `commits` commits that has every setting
-    with the same seeds (at least 2) to `out`; returns how many runs it holds."""
+def _shown_commits(commits: int) -> list[dict]:
+    """`dvc exp show --json` of the last `commits` commits, newest first (the workspace left out)."""
     shown = subprocess.run(["dvc", "exp", "show", "--json", "--num", str(commits)], check=True, capture_output=True, text=True).stdout
-    for commit in json.loads(shown)[1:]:  # [0] is the workspace; then the commits, newest first
+    return json.loads(shown)[1:]
+
+
+def collect_full_size(out: Path = FULL_SIZE_RESULTS, commits: int = COMMITS) -> int:
+    """Write the full-size seed runs (`ctxlm full-size-seeds`) of the newest of the last `commits`
+    commits that has any to `out`: each run's model, seed and figures; returns how many."""
+    for commit in _shown_commits(commits):
+        runs = {}
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment["revs"]:
+                parsed = parse_full_size_name(rev.get("name"))
+                metrics = rev["data"].get("metrics") or {}
+                if parsed and not rev.get("error") and "data" in metrics.get(FULL_SIZE_METRICS[parsed[0]], {}):
+                    runs[rev["name"]] = {"model": parsed[0], "seed": parsed[1], "rev": rev["rev"], "commit": commit["rev"],
+                                         "metrics": metrics[FULL_SIZE_METRICS[parsed[0]]]["data"]}
+        if runs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
+            print(f"ctxlm collect: wrote {len(runs)} full-size runs of commit {commit['rev'][:10]} to {out}")
+            return len(runs)
+    print(f"ctxlm collect: no finished {FULL_PREFIX}<model>-s<seed> experiments in the last {commits} commits "
+          "(ctxlm full-size-seeds makes them)")
+    return 0
+
+
+def collect_experiments(out: Path = RESULTS, commits: int = COMMITS, required: bool = True) -> int:
+    """Write the seed experiments of the newest of the last `commits` commits that has every setting
+    with the same seeds (at least 2) to `out`; returns how many runs it holds. None found: an error,
+    or (not `required`) a message and 0."""
+    for commit in _shown_commits(commits):
         runs = {}
         for experiment in commit.get("experiments") or []:
             for rev in experiment["revs"]:
                 parsed = parse_experiment_name(rev.get("name"))
                 if not parsed or rev.get("error") or not rev["data"].get("metrics"):
                     continue
-                curve = pd.read_csv(io.StringIO(_git("show", f"{rev['rev']}:metrics/train_token_curve.csv")))
+                folder = metrics_dir(CURVES / "train_token").as_posix()
+                files = [name for name in _git("ls-tree", "--name-only", f"{rev['rev']}:{folder}").split() if name.endswith(".tsv")]
+                curve = read_curve({name[:-4]: _git("show", f"{rev['rev']}:{folder}/{name}") for name in files}, "epoch")
                 runs[rev["name"]] = {
                     "setting": parsed[0], "seed": parsed[1], "rev": rev["rev"], "commit": commit["rev"],
                     "switches": _switches(commit["data"]["params"]["params.yaml"]["data"], rev["data"]["params"]["params.yaml"]["data"]),
@@ -102,8 +136,12 @@ def collect_experiments(out: Path = RESULTS, commits: int = COMMITS) -> int:
             out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
             print(f"ctxlm collect: wrote {len(runs)} runs of commit {commit['rev'][:10]} ({len(seeds['base'])} seeds) to {out}")
             return len(runs)
-    raise CtxlmError(f"no commit among the last {commits} has finished experiments {PREFIX}<setting>-s<seed> for every setting "
-                     f"({', '.join(EXPERIMENTS)}) with the same seeds (at least 2); run: ctxlm seed-experiments")
+    missing = (f"no commit among the last {commits} has finished experiments {PREFIX}<setting>-s<seed> for every setting "
+               f"({', '.join(EXPERIMENTS)}) with the same seeds (at least 2); run: ctxlm seed-experiments")
+    if required:
+        raise CtxlmError(missing)
+    print(f"ctxlm collect: {missing}")
+    return 0
 
 
 def load_results(path: Path = RESULTS) -> dict[str, dict[int, dict]]:
@@ -131,6 +169,8 @@ def _format(value: float | None, metric: Metric) -> str:
         return f"{value:.1f}×"
     if metric.unit == "s":
         return f"{value:.1f} s"
+    if metric.unit == "b":  # bits per byte
+        return f"{value:.3f}"
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
@@ -191,27 +231,46 @@ def comparison_table(comparison: Comparison, experiments: dict[str, dict[int, di
     return rows, sentence, len(verdicts["agrees"]), compared
 
 
-def baseline_rows() -> list[str]:
-    """ctxlm and the baselines of the committed full-size run, side by side (one seed each)."""
+def full_size_seeds(full_size: Path = FULL_SIZE_RESULTS) -> dict[str, list[dict]]:
+    """Per model of FULL_SIZE_TARGETS: the figures of every full-size run, the workspace's committed
+    run first, then the collected `full-*` experiments (other seeds) in seed order."""
+    runs = json.loads(full_size.read_text()) if full_size.is_file() else {}
+    seeds = {}
+    for model, path in FULL_SIZE_METRICS.items():
+        committed = [json.loads(Path(path).read_text())] if Path(path).is_file() else []
+        seeds[model] = committed + [run["metrics"] for run in sorted(runs.values(), key=lambda r: r["seed"]) if run["model"] == model]
+    return seeds
+
+
+def baseline_rows(full_size: Path = FULL_SIZE_RESULTS) -> list[str]:
+    """ctxlm and the baselines of the committed full-size run side by side; for ctxlm and the LSTM,
+    mean ± 95% interval over their full-size seeds when more than one has run."""
+    seeds = full_size_seeds(full_size)
     ctxlm = json.loads(Path("metrics/eval.json").read_text())
     seconds = sum(json.loads(Path(f"metrics/{stage}.json").read_text())["seconds"] for stage in STAGE_METRICS)
-    rows = [("ctxlm (ContextBlock + TokenBlock)", ctxlm, ctxlm["params_blocks"], seconds)]
+    rows = [("ctxlm (ContextBlock + TokenBlock)", seeds["ctxlm"], ctxlm["params_blocks"], seconds)]
     for name, label in BASELINES.items():
         path = Path(f"metrics/baselines/{name}.json")
         if path.is_file():
             m = json.loads(path.read_text())
-            rows.append((label, m, m.get("params_trainable_body", 0), m["seconds"]))
+            rows.append((label, seeds.get(name, [m]), m.get("params_trainable_body", 0), m["seconds"]))
 
-    def figure(m: dict, key: str, fmt: str) -> str:
-        return format(m[key], fmt) if key in m else "–"
+    def figure(runs: list[dict], key: str, metric: Metric) -> str:
+        values = [m[key] for m in runs if key in m]
+        if len(values) < len(runs) or not values:
+            return "–"
+        return _format_interval(values, metric) if len(values) > 1 else _format(values[0], metric)
 
-    table = ["| model | test PPL | vs ctxlm | test acc | test bits/byte | val PPL | trainable params (blocks only) | best epoch | seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for label, m, blocks, secs in rows:
-        versus = _percent(_change(ctxlm["test_ppl"], m["test_ppl"])) if "test_ppl" in m else "–"
-        accuracy = f"{100 * m['test_acc']:.2f}%" if "test_acc" in m else "–"
-        table.append(f"| {label} | {figure(m, 'test_ppl', ',.1f')} | {versus} | {accuracy} | {figure(m, 'test_bits_per_byte', '.3f')} | "
-                     f"{m['val_ppl']:,.1f} | {blocks:,} | {m.get('best_epoch', '–')} | {secs:,.0f} |")
+    ppl, acc, bits = Metric("ppl", "", False), Metric("acc", "", True, "%"), Metric("bits", "", False, "b")
+    table = ["| model | seeds | test PPL | test PPL vs ctxlm (seed 0) | test acc | test bits/byte | val PPL | trainable params (blocks only) | "
+             "best epoch (seed 0) | seconds (seed 0) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, runs, blocks, secs in rows:
+        first = runs[0]
+        versus = _percent(_change(ctxlm["test_ppl"], first["test_ppl"])) if "test_ppl" in first else "–"
+        table.append(f"| {label} | {len(runs)} | {figure(runs, 'test_ppl', ppl)} | {versus} | {figure(runs, 'test_acc', acc)} | "
+                     f"{figure(runs, 'test_bits_per_byte', bits)} | {figure(runs, 'val_ppl', ppl)} | {blocks:,} | "
+                     f"{first.get('best_epoch', '–')} | {secs:,.0f} |")
     return table
 
 
@@ -257,9 +316,8 @@ def plot_rank_by_layer(experiments: dict[str, dict[int, dict]], path: Path) -> N
 
 def plot_baseline_curves(path: Path) -> bool:
     """Validation PPL per epoch of ctxlm and the neural baselines (the committed full-size run)."""
-    curves = {"ctxlm": Path("metrics/train_token_curve.csv")}
-    curves.update({BASELINES[name]: Path(f"metrics/baselines/{name}_curve.csv") for name in ("lstm", "transformer")})
-    curves = {label: pd.read_csv(file) for label, file in curves.items() if file.is_file()}
+    folders = {"ctxlm": CURVES / "train_token", **{BASELINES[name]: BASELINE_CURVES / name for name in ("lstm", "transformer")}}
+    curves = {label: curve for label, folder in folders.items() if (curve := load_curve(folder, "epoch")) is not None}
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for label, curve in curves.items():
         ax.plot(curve["epoch"], curve["val_ppl"], marker="o", label=label)
@@ -293,7 +351,8 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
     lines += [f"  dvc exp run --queue -n {PREFIX}{name}-s<k> -S seed=<k> "
               + " ".join(f"-S {s}" for s in experiments[name][seeds[0]]["switches"] if not s.startswith("seed=")) + " evaluate"
               for name in EXPERIMENTS]
-    lines += ["  dvc exp run --run-all --jobs 1", "ctxlm collect             # -> docs/results/experiments.json", "ctxlm report", "```", "",
+    lines += ["  dvc exp run --run-all --jobs 1", "ctxlm full-size-seeds --seeds 3   # ctxlm and the LSTM at full size, the other seeds",
+              "ctxlm collect             # -> docs/results/experiments.json, docs/results/full_size.json", "ctxlm report", "```", "",
               "## The seed's comparisons", "",
               f"Each experiment runs the pipeline up to `evaluate` at a reduced size, {', '.join(f'`{s}`' for s in size)}, "
               f"every other key as in `params.yaml`, once for each seed ({len(seeds)} seeds: the model's initialisation, "
@@ -315,11 +374,14 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
               "at the reduced size above.", "", *sentences, "", *tables,
               "![validation PPL per epoch](results/seed_val_curves.png)", "",
               "![effective rank per layer](results/effective_rank_by_layer.png)", "",
-              "## Baselines on the very same tokens (full size, one seed each)", "",
+              "## Baselines on the very same tokens (full size)", "",
               "Same tokens, same test and validation positions, same frozen embedding and tied head (as `params.yaml` sets them), "
               "same optimiser, batch tokens, epochs and early stopping (on the validation split); the trained blocks have about "
               "ctxlm's parameter count. Test figures are the headline: the test play is in neither training nor validation. "
-              "ctxlm's seconds are its four training and scoring stages; – marks a figure the committed run does not have.", "",
+              "ctxlm's seconds are its four training and scoring stages; – marks a figure the committed run does not have. "
+              "ctxlm and the LSTM are given mean ± 95% interval over their seeds when more than one has run: the committed "
+              f"run and the `{FULL_PREFIX}<model>-s<seed>` experiments of `ctxlm full-size-seeds` "
+              f"(`{FULL_SIZE_RESULTS.as_posix()}`); the other baselines ran once.", "",
               *baseline_rows(), ""]
     if has_baseline_curves:
         lines += ["![validation PPL per epoch, ctxlm and the baselines](results/baseline_val_curves.png)", ""]

@@ -242,11 +242,3 @@ class CstarReader:
     def gather(self, index: np.ndarray) -> torch.Tensor:
         """Rows at `index` -> (len(index), L, d_c) float32."""
         return decode_cstar(self.read(index))
-
-
-def write_csv_atomic(path: Path, frame) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)

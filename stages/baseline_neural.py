@@ -3,18 +3,18 @@
 import time
 from pathlib import Path
 
-import pandas as pd
 import typer
 
 from ctxlm.baselines import KINDS, SequenceData, build_baseline, evaluate_sequences, train_baseline
 from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
+from ctxlm.curves import BASELINE_CURVES, CurveLogger
 from ctxlm.errors import CtxlmError
 from ctxlm.metrics import count, split_figures
 from ctxlm.model import ModelConfig
 from ctxlm.runtime import pick_device, resolve_precision, seed_everything
-from ctxlm.shards import load_token_folder, write_csv_atomic, write_json_atomic
+from ctxlm.shards import load_token_folder, write_json_atomic
 from ctxlm.weights import load_trained_state
 
 app = make_app()
@@ -39,7 +39,9 @@ def main(kind: str = typer.Argument(..., help=" | ".join(KINDS)), params_file: P
         inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": phase2.model_dump(),
                   "baselines": params.baselines.model_dump(), "tokens": folder_digest(Path("data/tokens"))}
         checkpoint = Checkpoint(f"baseline_{kind}", inputs)
-        result = train_baseline(model, train, val, phase2, device, generator, checkpoint, f"baseline {kind}", sample_seed=params.seed)
+        curves = CurveLogger(BASELINE_CURVES / kind, step_key="epoch")
+        result = train_baseline(model, train, val, phase2, device, generator, checkpoint, f"baseline {kind}", sample_seed=params.seed,
+                                on_epoch=curves)
         load_trained_state(model, result.best_state, f"baseline {kind}'s best epoch", "a bug: please report it")
         figures = {}
         for split in ("test", "val"):
@@ -48,7 +50,6 @@ def main(kind: str = typer.Argument(..., help=" | ".join(KINDS)), params_file: P
             figures.update(split_figures(split, loss, acc, data.tokens, meta[split]))
         best = result.history[result.best_epoch - 1]
         out = Path("metrics/baselines")
-        write_csv_atomic(out / f"{kind}_curve.csv", pd.DataFrame(result.history))
         write_json_atomic(
             out / f"{kind}.json",
             {**figures, "train_ppl": best["train_ppl"], "train_acc": best["train_acc"],

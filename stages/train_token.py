@@ -3,15 +3,15 @@
 import time
 from pathlib import Path
 
-import pandas as pd
 
 from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
+from ctxlm.curves import CURVES, CurveLogger
 from ctxlm.model import ModelConfig, TokenModel
 from ctxlm.phase2 import SplitData, train_token_model
 from ctxlm.runtime import pick_device, resolve_precision, seed_everything
-from ctxlm.shards import CstarReader, atomic_dir, load_token_folder, write_csv_atomic, write_json_atomic, write_manifest
+from ctxlm.shards import CstarReader, atomic_dir, load_token_folder, write_json_atomic, write_manifest
 from ctxlm.weights import TOKEN_WEIGHTS, save_weights
 
 app = make_app()
@@ -35,13 +35,13 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": phase2.model_dump(),
                   "data": [folder_digest(Path(f)) for f in ("data/tokens", "data/cstar/train", "data/cstar/val")]}
         checkpoint = Checkpoint("train_token", inputs)
-        result = train_token_model(model, train, val, phase2, device, generator, checkpoint, sample_seed=params.seed)
+        curves = CurveLogger(CURVES / "train_token", step_key="epoch")
+        result = train_token_model(model, train, val, phase2, device, generator, checkpoint, sample_seed=params.seed, on_epoch=curves)
         metadata = {**cfg.to_metadata(), "weight_tying": str(m.weight_tying), "freeze_embedding": str(m.freeze_embedding)}
         with atomic_dir(Path("data/token_model")) as out:
             save_weights(out, TOKEN_WEIGHTS, result.best_state, metadata)
             write_manifest(out, {"config": metadata})
         best = result.history[result.best_epoch - 1]
-        write_csv_atomic(Path("metrics/train_token_curve.csv"), pd.DataFrame(result.history))
         write_json_atomic(
             Path("metrics/train_token.json"),
             {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_ppl": best["train_ppl"],

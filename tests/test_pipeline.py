@@ -44,8 +44,12 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
     assert metrics["val_ppl"] == json.loads((repo / "metrics/train_token.json").read_text())["val_ppl_at_best_epoch"]
     tokens = json.loads((repo / "metrics/tokenize.json").read_text())
     assert metrics["test_bits_per_byte"] == pytest.approx(metrics["test_loss"] * metrics["test_positions"] / math.log(2) / tokens["test_predicted_bytes"])
-    curve = (repo / "metrics/train_token_curve.csv").read_text().splitlines()
-    assert curve[0].startswith("epoch,") and len(curve) == 1 + metrics["epochs_run"]
+    curve = (repo / "metrics/curves/train_token/plots/metrics/val_ppl.tsv").read_text().splitlines()  # DVCLive's
+    assert curve == ["step\tval_ppl"] + [f"{epoch}\t{float(line.split()[1])!r}" for epoch, line in enumerate(curve[1:], 1)]
+    assert len(curve) == 1 + metrics["epochs_run"] and float(curve[metrics["best_epoch"]].split()[1]) == metrics["val_ppl"]
+    phase1 = json.loads((repo / "metrics/train_context.json").read_text())
+    convergence = (repo / "metrics/curves/train_context/plots/metrics/convergence_rate.tsv").read_text().splitlines()
+    assert len(convergence) == 1 + phase1["iterations"] and float(convergence[-1].split()[1]) == phase1["convergence_rate"]
     # the baselines' own pipeline reuses ctxlm's tokens: only the baselines run
     assert ran_stages(sh(repo, "dvc", "repro", "baselines/dvc.yaml").stdout) == BASELINES
     for name in ("kneser_ney", "lstm", "transformer"):
@@ -53,6 +57,8 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
         assert math.isfinite(baseline["test_ppl"]) and 0 <= baseline["val_acc"] <= 1, name  # smoke: the figures exist
     lstm = json.loads((repo / "metrics/baselines/lstm.json").read_text())
     assert lstm["params_trainable_body"] == pytest.approx(metrics["params_blocks"], rel=0.01)
+    plots = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)
+    assert {"phase2_perplexity", "phase1_convergence", "baseline_curves"} <= set(plots["data"]) and not plots.get("errors")
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
     listed = {path for result in shown.values() for path in result["data"]}
     assert {"metrics/eval.json", "metrics/baselines/lstm.json", "metrics/baselines/kneser_ney.json"} <= listed
@@ -130,7 +136,10 @@ def test_a_killed_repro_resumes_and_matches_an_uninterrupted_run(repo: Path):
     assert "train_token: resuming from data/checkpoints/train_token at epoch" in resumed.stdout
     assert not checkpoint.parent.exists()  # a finished stage removes its checkpoint
     after_kill = json.loads((repo / "metrics/eval.json").read_text())
+    curves = repo / "metrics/curves/train_token/plots/metrics"
+    curves_after_kill = {f.name: f.read_text() for f in curves.iterdir()}
 
     sh(repo, "dvc", "repro", "--force", "--no-run-cache", "--downstream", "train_token")
     uninterrupted = json.loads((repo / "metrics/eval.json").read_text())
     assert {k: after_kill[k] for k in QUALITY} == {k: uninterrupted[k] for k in QUALITY}
+    assert curves_after_kill == {f.name: f.read_text() for f in curves.iterdir()}  # every epoch's row, once

@@ -102,6 +102,8 @@ def test_report_is_rebuilt_from_a_clone_and_experiments_travel_through_remotes(r
     collected = json.loads((repo / "docs/results/experiments.json").read_text())
     for name in (experiment_name("base", 1), experiment_name("layers-6", 0)):  # the figures are the runs'
         assert collected[name]["metrics"]["metrics/eval.json"] == runs[name]["metrics"]["metrics/eval.json"]["data"], name
+    curve = collected[experiment_name("base", 1)]["curve"]  # from the experiment's DVCLive files in its commit
+    assert curve["epoch"] == [1] and curve["val_ppl"] == [runs[experiment_name("base", 1)]["metrics"]["metrics/eval.json"]["data"]["val_ppl"]]
     base = [collected[experiment_name("base", s)]["metrics"]["metrics/eval.json"]["test_ppl"] for s in (0, 1)]
     mean, half = mean_interval(base)
     assert f"{mean:,.1f} ± {half:,.1f}" in report
@@ -138,3 +140,37 @@ def test_report_is_rebuilt_from_a_clone_and_experiments_travel_through_remotes(r
     sh(teammate, "dvc", "pull", "-q")
     assert json.loads((teammate / "metrics/eval.json").read_text()) == runs[name]["metrics"]["metrics/eval.json"]["data"]
     assert (teammate / "data/token_model/manifest.json").is_file()
+
+
+def test_full_size_seeds_queue_the_other_seeds_of_each_model_by_name():
+    from ctxlm.experiments import full_size_commands, full_size_name, parse_full_size_name
+
+    commands = full_size_commands(["ctxlm", "lstm"], seeds=3, workspace_seed=0, jobs=2)
+    assert commands[-1] == ["dvc", "exp", "run", "--run-all", "--jobs", "2"]
+    queued = {tuple(c[c.index("-n") + 1:]) for c in commands[:-1]}
+    assert queued == {("full-ctxlm-s1", "-S", "seed=1", "evaluate"), ("full-ctxlm-s2", "-S", "seed=2", "evaluate"),
+                      ("full-lstm-s1", "-S", "seed=1", "baselines/dvc.yaml:baseline_neural@lstm"),
+                      ("full-lstm-s2", "-S", "seed=2", "baselines/dvc.yaml:baseline_neural@lstm")}
+    assert parse_full_size_name(full_size_name("lstm", 2)) == ("lstm", 2) and parse_full_size_name("full-gru-s1") is None
+    with pytest.raises(CtxlmError, match="--model gru"):
+        full_size_commands(["gru"], seeds=3, workspace_seed=0, jobs=1)
+
+
+def test_the_baseline_table_gives_ctxlm_and_the_lstm_over_their_seeds(tmp_path, monkeypatch):
+    from ctxlm.report import baseline_rows
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics/baselines").mkdir(parents=True)
+    figures = {"test_acc": 0.15, "test_bits_per_byte": 2.0, "val_ppl": 300.0, "best_epoch": 4}
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({**figures, "test_ppl": 240.0, "params_blocks": 1000, "seconds": 1.0}))
+    for stage in ("train_context", "generate_cstar", "train_token"):
+        (tmp_path / f"metrics/{stage}.json").write_text(json.dumps({"seconds": 10.0}))
+    (tmp_path / "metrics/baselines/lstm.json").write_text(json.dumps({**figures, "test_ppl": 160.0, "params_trainable_body": 990, "seconds": 5.0}))
+    full_size = tmp_path / "full_size.json"
+    full_size.write_text(json.dumps({  # two more ctxlm seeds, none for the LSTM
+        "full-ctxlm-s2": {"model": "ctxlm", "seed": 2, "metrics": {**figures, "test_ppl": 260.0}},
+        "full-ctxlm-s1": {"model": "ctxlm", "seed": 1, "metrics": {**figures, "test_ppl": 250.0}}}))
+    ctxlm_row, lstm_row = baseline_rows(full_size)[2:4]
+    # 240, 250, 260: mean 250, sd 10, half-width 4.303 * 10 / sqrt(3) = 24.8
+    assert ctxlm_row.startswith("| ctxlm (ContextBlock + TokenBlock) | 3 | 250 ± 24.8 | +0.0% | 15.0% ± 0.0 |")
+    assert lstm_row.startswith("| LSTM | 1 | 160 | -33.3% | 15.0% |")

@@ -136,16 +136,6 @@ def test_a_tokens_folder_loads_its_splits_and_embedding_and_names_its_stage(tmp_
         load_token_model(tmp_path, embedding)
 
 
-def test_csv_is_written_whole_or_not_at_all(tmp_path):
-    import pandas as pd
-
-    from ctxlm.shards import write_csv_atomic
-
-    write_csv_atomic(tmp_path / "sub/dir/curve.csv", pd.DataFrame({"epoch": [1, 2], "val_ppl": [3.5, 2.5]}))
-    assert (tmp_path / "sub/dir/curve.csv").read_text() == "epoch,val_ppl\n1,3.5\n2,2.5\n"
-    assert [p.name for p in (tmp_path / "sub/dir").iterdir()] == ["curve.csv"]  # no temporary file left
-
-
 def test_json_is_written_into_folders_that_do_not_exist_yet(tmp_path):
     path = tmp_path / "metrics" / "baselines" / "lstm.json"
     write_json_atomic(path, {"val_ppl": 1.5})
