@@ -16,7 +16,7 @@ from ctxlm.config import Phase2Params
 from ctxlm.cstar import split_windows
 from ctxlm.errors import CtxlmError
 from ctxlm.model import TokenModel
-from ctxlm.runtime import autocast, progress, release_free_memory
+from ctxlm.runtime import autocast, progress, release_free_memory, resolve_precision
 from ctxlm.shards import CstarReader, TokenSplit, decode_cstar
 from ctxlm.weights import load_trained_state
 
@@ -157,6 +157,11 @@ def score_batches(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], position
         bar.update(len(targets))
     bar.close()
     return loss_sum / scored, correct / scored
+
+
+def with_device_precision(params: Phase2Params, device: torch.device) -> Phase2Params:
+    """`params` with precision "auto" resolved to what `device` runs natively (runtime.resolve_precision)."""
+    return params.model_copy(update={"precision": resolve_precision(params.precision, device)})
 
 
 def seeded_sample(population: int, size: int, seed: int) -> np.ndarray:

@@ -9,6 +9,7 @@ read from those; only the seed's own figures are quoted (docs/design.md).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
@@ -41,6 +42,17 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+
+
+def experiment_curve(rev: str) -> pd.DataFrame:
+    """The phase-2 curve of the experiment at git revision `rev`: DVCLive's .tsv files, or, for an
+    experiment made before ctxlm logged through DVCLive, the CSV that train_token wrote then."""
+    folder = metrics_dir(CURVES / "train_token").as_posix()
+    listed = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:{folder}"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        return pd.read_csv(io.StringIO(_git("show", f"{rev}:metrics/train_token_curve.csv")))
+    files = [name for name in listed.stdout.split() if name.endswith(".tsv")]
+    return read_curve({name[:-4]: _git("show", f"{rev}:{folder}/{name}") for name in files}, "epoch")
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
@@ -88,10 +100,13 @@ def _shown_commits(commits: int) -> list[dict]:
 
 
 def collect_full_size(out: Path = FULL_SIZE_RESULTS, commits: int = COMMITS) -> int:
-    """Write the full-size seed runs (`ctxlm full-size-seeds`) of the newest of the last `commits`
-    commits that has any to `out`: each run's model, seed and figures; returns how many."""
-    for commit in _shown_commits(commits):
-        runs = {}
+    """Write the finished full-size seed runs (`ctxlm full-size-seeds`) of the last `commits` commits
+    to `out`: each run's model, seed, commit and figures, the newest run of each name; returns how many.
+
+    Unlike the seed comparisons, whose settings must come from one commit, these runs may come from
+    several: a full-size run takes an hour or more, and the code may move on between them."""
+    runs = {}
+    for commit in reversed(_shown_commits(commits)):  # oldest first: a newer run of the same name replaces it
         for experiment in commit.get("experiments") or []:
             for rev in experiment["revs"]:
                 parsed = parse_full_size_name(rev.get("name"))
@@ -99,14 +114,14 @@ def collect_full_size(out: Path = FULL_SIZE_RESULTS, commits: int = COMMITS) -> 
                 if parsed and not rev.get("error") and "data" in metrics.get(FULL_SIZE_METRICS[parsed[0]], {}):
                     runs[rev["name"]] = {"model": parsed[0], "seed": parsed[1], "rev": rev["rev"], "commit": commit["rev"],
                                          "metrics": metrics[FULL_SIZE_METRICS[parsed[0]]]["data"]}
-        if runs:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
-            print(f"ctxlm collect: wrote {len(runs)} full-size runs of commit {commit['rev'][:10]} to {out}")
-            return len(runs)
-    print(f"ctxlm collect: no finished {FULL_PREFIX}<model>-s<seed> experiments in the last {commits} commits "
-          "(ctxlm full-size-seeds makes them)")
-    return 0
+    if not runs:
+        print(f"ctxlm collect: no finished {FULL_PREFIX}<model>-s<seed> experiments in the last {commits} commits "
+              "(ctxlm full-size-seeds makes them)")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
+    print(f"ctxlm collect: wrote {len(runs)} full-size runs to {out}")
+    return len(runs)
 
 
 def collect_experiments(out: Path = RESULTS, commits: int = COMMITS, required: bool = True) -> int:
@@ -120,9 +135,7 @@ def collect_experiments(out: Path = RESULTS, commits: int = COMMITS, required: b
                 parsed = parse_experiment_name(rev.get("name"))
                 if not parsed or rev.get("error") or not rev["data"].get("metrics"):
                     continue
-                folder = metrics_dir(CURVES / "train_token").as_posix()
-                files = [name for name in _git("ls-tree", "--name-only", f"{rev['rev']}:{folder}").split() if name.endswith(".tsv")]
-                curve = read_curve({name[:-4]: _git("show", f"{rev['rev']}:{folder}/{name}") for name in files}, "epoch")
+                curve = experiment_curve(rev["rev"])
                 runs[rev["name"]] = {
                     "setting": parsed[0], "seed": parsed[1], "rev": rev["rev"], "commit": commit["rev"],
                     "switches": _switches(commit["data"]["params"]["params.yaml"]["data"], rev["data"]["params"]["params.yaml"]["data"]),

@@ -13,7 +13,8 @@ from ctxlm.curves import BASELINE_CURVES, CurveLogger
 from ctxlm.errors import CtxlmError
 from ctxlm.metrics import count, split_figures
 from ctxlm.model import ModelConfig
-from ctxlm.runtime import pick_device, resolve_precision, seed_everything
+from ctxlm.phase2 import with_device_precision
+from ctxlm.runtime import pick_device, seed_everything
 from ctxlm.shards import load_token_folder, write_json_atomic
 from ctxlm.weights import load_trained_state
 
@@ -31,7 +32,7 @@ def main(kind: str = typer.Argument(..., help=" | ".join(KINDS)), params_file: P
         m, seq_len = params.model, params.baselines.seq_len
         device = pick_device()
         generator = seed_everything(params.seed)
-        phase2 = params.phase2.model_copy(update={"precision": resolve_precision(params.phase2.precision, device)})
+        phase2 = with_device_precision(params.phase2, device)
         model = build_baseline(kind, ModelConfig.from_params(m, embedding), embedding, m.weight_tying, m.freeze_embedding,
                                seq_len, params.baselines.transformer_layers).to(device)
         train = SequenceData(splits["train"], seq_len, stride=seq_len)

@@ -9,8 +9,8 @@ from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stag
 from ctxlm.config import load_params
 from ctxlm.curves import CURVES, CurveLogger
 from ctxlm.model import ModelConfig, TokenModel
-from ctxlm.phase2 import SplitData, train_token_model
-from ctxlm.runtime import pick_device, resolve_precision, seed_everything
+from ctxlm.phase2 import SplitData, train_token_model, with_device_precision
+from ctxlm.runtime import pick_device, seed_everything
 from ctxlm.shards import CstarReader, atomic_dir, load_token_folder, write_json_atomic, write_manifest
 from ctxlm.weights import TOKEN_WEIGHTS, save_weights
 
@@ -29,7 +29,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         val = SplitData(val_cstar, splits["val"], cfg.num_input_tokens)
         device = pick_device()
         generator = seed_everything(params.seed)
-        phase2 = params.phase2.model_copy(update={"precision": resolve_precision(params.phase2.precision, device)})
+        phase2 = with_device_precision(params.phase2, device)
         m = params.model
         model = TokenModel(cfg, embedding, weight_tying=m.weight_tying, freeze_embedding=m.freeze_embedding).to(device)
         inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": phase2.model_dump(),

@@ -158,3 +158,17 @@ def test_batches_follow_the_order(tmp_path, monkeypatch):
     assert torch.equal(torch.cat([c for c, _, _ in batches]), contexts)
     assert torch.equal(torch.cat([w for _, w, _ in batches]), windows)
     assert torch.equal(torch.cat([t for _, _, t in batches]), targets)
+
+
+def test_score_batches_by_hand():
+    """The loss/accuracy loop that ctxlm's evaluate and the baselines share: mean cross-entropy and
+    argmax accuracy over every position of every batch, whatever the batch sizes."""
+    import math
+
+    from ctxlm.phase2 import score_batches
+
+    first = (torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1]))  # CE: log 2; log(1 + e^2); argmax right, wrong
+    second = (torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([1]))  # p(1) = 3/4: CE log(4/3); right
+    loss, acc = score_batches(iter([first, second]), positions=3, desc="test")
+    assert loss == pytest.approx((math.log(2) + math.log(1 + math.e**2) + math.log(4 / 3)) / 3)
+    assert acc == pytest.approx(2 / 3)

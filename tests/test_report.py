@@ -174,3 +174,30 @@ def test_the_baseline_table_gives_ctxlm_and_the_lstm_over_their_seeds(tmp_path, 
     # 240, 250, 260: mean 250, sd 10, half-width 4.303 * 10 / sqrt(3) = 24.8
     assert ctxlm_row.startswith("| ctxlm (ContextBlock + TokenBlock) | 3 | 250 ± 24.8 | +0.0% | 15.0% ± 0.0 |")
     assert lstm_row.startswith("| LSTM | 1 | 160 | -33.3% | 15.0% |")
+
+
+def test_collect_full_size_keeps_each_finished_run_s_own_model_figures(tmp_path, monkeypatch):
+    """The runs come from `dvc exp show --json` (its shape: the workspace, then commits newest first,
+    each with its experiments' revs); a failed run and runs of other names are left out, and of two
+    runs of one name the newer commit's is kept."""
+    import ctxlm.report as report
+
+    def rev(name, metrics, error=None):
+        return {"revs": [{"name": name, "rev": f"rev-{name}", "error": error, "data": {"metrics": metrics}}]}
+
+    lstm_figures, ctxlm_figures = {"test_ppl": 160.0}, {"test_ppl": 250.0}
+    shown = [{"rev": "workspace"},
+             {"rev": "abc123", "experiments": [
+                 rev("full-lstm-s1", {"metrics/baselines/lstm.json": {"data": lstm_figures}, "metrics/eval.json": {"data": ctxlm_figures}}),
+                 rev("full-ctxlm-s2", {"metrics/eval.json": {"data": ctxlm_figures}}),
+                 rev("full-ctxlm-s1", {}, error={"msg": "killed"}),
+                 rev("seed-base-s0", {"metrics/eval.json": {"data": ctxlm_figures}})]},
+             {"rev": "older", "experiments": [  # an older commit's run of the same name is replaced; others are kept
+                 rev("full-ctxlm-s2", {"metrics/eval.json": {"data": {"test_ppl": 999.0}}}),
+                 rev("full-lstm-s2", {"metrics/baselines/lstm.json": {"data": lstm_figures}})]}]
+    monkeypatch.setattr(report.subprocess, "run", lambda *a, **k: type("Done", (), {"stdout": json.dumps(shown)})())
+    assert report.collect_full_size(tmp_path / "full_size.json") == 3
+    runs = json.loads((tmp_path / "full_size.json").read_text())
+    assert runs == {"full-ctxlm-s2": {"model": "ctxlm", "seed": 2, "rev": "rev-full-ctxlm-s2", "commit": "abc123", "metrics": ctxlm_figures},
+                    "full-lstm-s1": {"model": "lstm", "seed": 1, "rev": "rev-full-lstm-s1", "commit": "abc123", "metrics": lstm_figures},
+                    "full-lstm-s2": {"model": "lstm", "seed": 2, "rev": "rev-full-lstm-s2", "commit": "older", "metrics": lstm_figures}}
