@@ -20,7 +20,7 @@ def seed_experiments(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc commands, run nothing"),
     debug: bool = DEBUG_OPTION,
 ) -> None:
-    """Queue the seed's comparisons as named DVC experiments (reduced size, N seeds) and run the queue."""
+    """Run the seed's comparisons as named DVC experiments (reduced size, N seeds), one after the other."""
     with stage_run("seed-experiments", debug):
         run_seed_experiments(size, seeds, dry_run)
 
@@ -29,13 +29,12 @@ def seed_experiments(
 def full_size_seeds(
     model: list[str] = typer.Option(list(FULL_SIZE_TARGETS), "--model", help=" | ".join(FULL_SIZE_TARGETS) + " (repeatable)"),
     seeds: int = typer.Option(SEEDS, "--seeds", help="seeds 0 .. N-1 in all; the workspace's committed run is its own seed"),
-    jobs: int = typer.Option(1, "--jobs", help="experiments run at once (each uses every core: 1 unless there are spare ones)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc commands, run nothing"),
     debug: bool = DEBUG_OPTION,
 ) -> None:
-    """Queue full-size runs of ctxlm and the LSTM with the other seeds as DVC experiments, and run the queue."""
+    """Run ctxlm and the LSTM at full size with the other seeds, one after the other, as named DVC experiments."""
     with stage_run("full-size-seeds", debug):
-        run_commands(full_size_commands(model, seeds, load_params(Path("params.yaml")).seed, jobs), dry_run, FULL_PREFIX)
+        run_commands(full_size_commands(model, seeds, load_params(Path("params.yaml")).seed), dry_run, FULL_PREFIX)
 
 
 @app.command()

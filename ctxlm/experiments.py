@@ -101,16 +101,23 @@ def parse_experiment_name(name: str) -> tuple[str, int] | None:
     return _parse_name(name, PREFIX, EXPERIMENTS)
 
 
-def queue_commands(size: dict[str, str] = SIZE, seeds: int = SEEDS) -> list[list[str]]:
-    """The `dvc exp run --queue` command of each setting and seed, then the one that runs the queue."""
+# `dvc exp run --temp` runs one experiment in a temporary copy of the repository and returns when it is
+# done, leaving the workspace as it was. DVC's queue (`--queue`, then `--run-all`) would do the same
+# in the background, but its worker can die after a run or two and leave the queue hanging
+# (treeverse/dvc#10398, #10428: a JSONDecodeError in the worker; met here with DVC 3.67 under load).
+EXP_RUN = ["dvc", "exp", "run", "--temp"]
+
+
+def experiment_commands(size: dict[str, str] = SIZE, seeds: int = SEEDS) -> list[list[str]]:
+    """The `dvc exp run --temp` command of each setting and seed, run one after the other."""
     commands = []
     for seed in range(seeds):
         for name, switches in EXPERIMENTS.items():
-            command = ["dvc", "exp", "run", "--queue", "-n", experiment_name(name, seed)]
+            command = [*EXP_RUN, "-n", experiment_name(name, seed)]
             for key, value in {**size, "seed": str(seed), **switches}.items():
                 command += ["-S", f"{key}={value}"]
             commands.append([*command, "evaluate"])
-    return [*commands, ["dvc", "exp", "run", "--run-all", "--jobs", "1"]]
+    return commands
 
 
 def full_size_name(model: str, seed: int) -> str:
@@ -123,15 +130,14 @@ def parse_full_size_name(name: str) -> tuple[str, int] | None:
     return _parse_name(name, FULL_PREFIX, FULL_SIZE_TARGETS)
 
 
-def full_size_commands(models: list[str], seeds: int, workspace_seed: int, jobs: int) -> list[list[str]]:
-    """`dvc exp run --queue` for each model and each seed 0 .. seeds-1 but the workspace's own (its
-    committed run is that seed), then the command that runs the queue with `jobs` workers."""
+def full_size_commands(models: list[str], seeds: int, workspace_seed: int) -> list[list[str]]:
+    """`dvc exp run --temp` for each model and each seed 0 .. seeds-1 but the workspace's own (its
+    committed run is that seed)."""
     unknown = [m for m in models if m not in FULL_SIZE_TARGETS]
     if unknown or not models:
         raise CtxlmError(f"--model {', '.join(unknown) or '(none)'}: one of {', '.join(FULL_SIZE_TARGETS)}")
-    commands = [["dvc", "exp", "run", "--queue", "-n", full_size_name(model, seed), "-S", f"seed={seed}", FULL_SIZE_TARGETS[model]]
-                for model in models for seed in range(seeds) if seed != workspace_seed]
-    return [*commands, ["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)]]
+    return [[*EXP_RUN, "-n", full_size_name(model, seed), "-S", f"seed={seed}", FULL_SIZE_TARGETS[model]]
+            for model in models for seed in range(seeds) if seed != workspace_seed]
 
 
 def run_commands(commands: list[list[str]], dry_run: bool, prefix: str) -> None:
@@ -144,7 +150,7 @@ def run_commands(commands: list[list[str]], dry_run: bool, prefix: str) -> None:
 
 
 def run_seed_experiments(size_overrides: list[str], seeds: int = SEEDS, dry_run: bool = False) -> None:
-    """Queue every setting with seeds 0 .. seeds-1 and run the queue (one at a time: parallel runs
+    """Run every setting with seeds 0 .. seeds-1 as named experiments (one at a time: parallel runs
     would share 2 cores).
 
     `size_overrides` ("key=value") replace or extend SIZE, e.g. for a smaller trial."""
@@ -156,4 +162,4 @@ def run_seed_experiments(size_overrides: list[str], seeds: int = SEEDS, dry_run:
         if not sep:
             raise CtxlmError(f"-S {override!r}: expected key=value, e.g. -S data.max_train_tokens=20000")
         size[key] = value
-    run_commands(queue_commands(size, seeds), dry_run, PREFIX)
+    run_commands(experiment_commands(size, seeds), dry_run, PREFIX)

@@ -360,11 +360,11 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
              "from those runs; only the seed's own figures (docs/design.md, \"The research notes' figures that ctxlm quotes\": GPT-2 embeddings, UltraChat) "
              "are quoted.", "",
              "## How these results were made", "", "```sh", "dvc repro                 # the full-size run of ctxlm", "dvc repro baselines/dvc.yaml   # and of the baselines",
-             f"ctxlm seed-experiments --seeds {len(seeds)}   # queued and ran, for each seed k in {seeds}:"]
-    lines += [f"  dvc exp run --queue -n {PREFIX}{name}-s<k> -S seed=<k> "
+             f"ctxlm seed-experiments --seeds {len(seeds)}   # ran, for each seed k in {seeds}:"]
+    lines += [f"  dvc exp run --temp -n {PREFIX}{name}-s<k> -S seed=<k> "
               + " ".join(f"-S {s}" for s in experiments[name][seeds[0]]["switches"] if not s.startswith("seed=")) + " evaluate"
               for name in EXPERIMENTS]
-    lines += ["  dvc exp run --run-all --jobs 1", "ctxlm full-size-seeds --seeds 3   # ctxlm and the LSTM at full size, the other seeds",
+    lines += ["ctxlm full-size-seeds --seeds 3   # ctxlm and the LSTM at full size, the other seeds",
               "ctxlm collect             # -> docs/results/experiments.json, docs/results/full_size.json", "ctxlm report", "```", "",
               "## The seed's comparisons", "",
               f"Each experiment runs the pipeline up to `evaluate` at a reduced size, {', '.join(f'`{s}`' for s in size)}, "

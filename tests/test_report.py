@@ -8,7 +8,7 @@ import pytest
 
 from conftest import sh
 from ctxlm.errors import CtxlmError
-from ctxlm.experiments import COMPARISONS, EXPERIMENTS, PREFIX, SEEDS, experiment_name, parse_experiment_name, queue_commands, run_seed_experiments
+from ctxlm.experiments import COMPARISONS, EXPERIMENTS, PREFIX, SEEDS, experiment_name, parse_experiment_name, experiment_commands, run_seed_experiments
 from ctxlm.report import comparison_table, mean_interval, paired_verdict
 
 TINY_SIZE = ["data.max_train_tokens=1500", "data.max_val_tokens=600", "data.max_test_tokens=600",
@@ -20,8 +20,9 @@ def test_every_comparison_names_defined_experiments_and_a_seed_figure_per_metric
         for setting in (comparison.a, comparison.b):
             assert setting.experiment in EXPERIMENTS
             assert len(setting.seed) == len(comparison.metrics)
-    queued = [command for command in queue_commands() if "--queue" in command]
-    assert len(queued) == len(EXPERIMENTS) * SEEDS and all(command[-1] == "evaluate" for command in queued)
+    queued = experiment_commands()
+    assert len(queued) == len(EXPERIMENTS) * SEEDS and all(command[:4] == ["dvc", "exp", "run", "--temp"] and command[-1] == "evaluate"
+                                                           for command in queued)
     names = [command[command.index("-n") + 1] for command in queued]
     assert len(set(names)) == len(names)
     for command, name in zip(queued, names):  # each run sets the seed its name says
@@ -43,8 +44,8 @@ def test_a_size_override_must_be_key_equals_value_and_seeds_at_least_two():
 
 
 def test_a_failing_dvc_command_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # not a DVC repository: the first `dvc exp run --queue` fails
-    with pytest.raises(CtxlmError, match=r"`dvc exp run --queue -n seed-base-s0 .*` failed \(exit status \d+"):
+    monkeypatch.chdir(tmp_path)  # not a DVC repository: the first `dvc exp run` fails
+    with pytest.raises(CtxlmError, match=r"`dvc exp run --temp -n seed-base-s0 .*` failed \(exit status \d+"):
         run_seed_experiments([])
 
 
@@ -145,15 +146,15 @@ def test_report_is_rebuilt_from_a_clone_and_experiments_travel_through_remotes(r
 def test_full_size_seeds_queue_the_other_seeds_of_each_model_by_name():
     from ctxlm.experiments import full_size_commands, full_size_name, parse_full_size_name
 
-    commands = full_size_commands(["ctxlm", "lstm"], seeds=3, workspace_seed=0, jobs=2)
-    assert commands[-1] == ["dvc", "exp", "run", "--run-all", "--jobs", "2"]
-    queued = {tuple(c[c.index("-n") + 1:]) for c in commands[:-1]}
+    commands = full_size_commands(["ctxlm", "lstm"], seeds=3, workspace_seed=0)
+    assert all(c[:4] == ["dvc", "exp", "run", "--temp"] for c in commands)
+    queued = {tuple(c[c.index("-n") + 1:]) for c in commands}
     assert queued == {("full-ctxlm-s1", "-S", "seed=1", "evaluate"), ("full-ctxlm-s2", "-S", "seed=2", "evaluate"),
                       ("full-lstm-s1", "-S", "seed=1", "baselines/dvc.yaml:baseline_neural@lstm"),
                       ("full-lstm-s2", "-S", "seed=2", "baselines/dvc.yaml:baseline_neural@lstm")}
     assert parse_full_size_name(full_size_name("lstm", 2)) == ("lstm", 2) and parse_full_size_name("full-gru-s1") is None
     with pytest.raises(CtxlmError, match="--model gru"):
-        full_size_commands(["gru"], seeds=3, workspace_seed=0, jobs=1)
+        full_size_commands(["gru"], seeds=3, workspace_seed=0)
 
 
 def test_the_baseline_table_gives_ctxlm_and_the_lstm_over_their_seeds(tmp_path, monkeypatch):
