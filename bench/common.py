@@ -14,9 +14,9 @@ from ctxlm.cstar import cstar_into, generate_split
 from ctxlm.embedding import load_embedding, load_tokenizer, resolve_model_dir
 from ctxlm.model import ContextBlock, ModelConfig
 from ctxlm.shards import CstarReader, TokenSplit, save_tokens, write_manifest
-from ctxlm.weights import load_context_block
 from ctxlm.sources import load_documents
 from ctxlm.tokens import tokenize_documents
+from ctxlm.weights import load_context_block
 
 
 def batched_cstar(block: ContextBlock, embedding: torch.Tensor, docs: list[torch.Tensor]) -> list[torch.Tensor]:

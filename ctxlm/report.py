@@ -118,10 +118,15 @@ def collect_full_size(out: Path = FULL_SIZE_RESULTS, commits: int = COMMITS) -> 
         print(f"ctxlm collect: no finished {FULL_PREFIX}<model>-s<seed> experiments in the last {commits} commits "
               "(ctxlm full-size-seeds makes them)")
         return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
+    _write_runs(out, runs)
     print(f"ctxlm collect: wrote {len(runs)} full-size runs to {out}")
     return len(runs)
+
+
+def _write_runs(out: Path, runs: dict[str, dict]) -> None:
+    """Collected runs as JSON that a later collect of the same runs rewrites byte for byte."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
 
 
 def collect_experiments(out: Path = RESULTS, commits: int = COMMITS, required: bool = True) -> int:
@@ -145,8 +150,7 @@ def collect_experiments(out: Path = RESULTS, commits: int = COMMITS, required: b
                 }
         seeds = {setting: sorted(r["seed"] for r in runs.values() if r["setting"] == setting) for setting in EXPERIMENTS}
         if all(len(s) >= 2 and s == seeds["base"] for s in seeds.values()):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
+            _write_runs(out, runs)
             print(f"ctxlm collect: wrote {len(runs)} runs of commit {commit['rev'][:10]} ({len(seeds['base'])} seeds) to {out}")
             return len(runs)
     missing = (f"no commit among the last {commits} has finished experiments {PREFIX}<setting>-s<seed> for every setting "
@@ -244,29 +248,23 @@ def comparison_table(comparison: Comparison, experiments: dict[str, dict[int, di
     return rows, sentence, len(verdicts["agrees"]), compared
 
 
-def full_size_seeds(full_size: Path = FULL_SIZE_RESULTS) -> dict[str, list[dict]]:
-    """Per model of FULL_SIZE_TARGETS: the figures of every full-size run, the workspace's committed
-    run first, then the collected `full-*` experiments (other seeds) in seed order."""
-    runs = json.loads(full_size.read_text()) if full_size.is_file() else {}
-    seeds = {}
-    for model, path in FULL_SIZE_METRICS.items():
-        committed = [json.loads(Path(path).read_text())] if Path(path).is_file() else []
-        seeds[model] = committed + [run["metrics"] for run in sorted(runs.values(), key=lambda r: r["seed"]) if run["model"] == model]
-    return seeds
-
-
 def baseline_rows(full_size: Path = FULL_SIZE_RESULTS) -> list[str]:
     """ctxlm and the baselines of the committed full-size run side by side; for ctxlm and the LSTM,
     mean ± 95% interval over their full-size seeds when more than one has run."""
-    seeds = full_size_seeds(full_size)
+    collected = sorted(json.loads(full_size.read_text()).values(), key=lambda r: r["seed"]) if full_size.is_file() else []
+
+    def with_seeds(model: str, committed: dict) -> list[dict]:
+        """The committed run's figures first, then those of the model's collected `full-*` runs in seed order."""
+        return [committed] + [run["metrics"] for run in collected if run["model"] == model]
+
     ctxlm = json.loads(Path("metrics/eval.json").read_text())
     seconds = sum(json.loads(Path(f"metrics/{stage}.json").read_text())["seconds"] for stage in STAGE_METRICS)
-    rows = [("ctxlm (ContextBlock + TokenBlock)", seeds["ctxlm"], ctxlm["params_blocks"], seconds)]
+    rows = [("ctxlm (ContextBlock + TokenBlock)", with_seeds("ctxlm", ctxlm), ctxlm["params_blocks"], seconds)]
     for name, label in BASELINES.items():
         path = Path(f"metrics/baselines/{name}.json")
         if path.is_file():
             m = json.loads(path.read_text())
-            rows.append((label, seeds.get(name, [m]), m.get("params_trainable_body", 0), m["seconds"]))
+            rows.append((label, with_seeds(name, m), m.get("params_trainable_body", 0), m["seconds"]))
 
     def figure(runs: list[dict], key: str, metric: Metric) -> str:
         values = [m[key] for m in runs if key in m]

@@ -3,7 +3,6 @@
 import time
 from pathlib import Path
 
-
 from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params

@@ -152,7 +152,7 @@ def test_non_finite_cstar_stops_and_names_the_stage_to_rerun(tmp_path):
 
 @pytest.mark.parametrize("fault", ["no reset", "off by one token"])
 def test_generate_split_stops_when_its_output_disagrees_with_the_per_token_oracle(tmp_path, monkeypatch, fault):
-    """Every shard's first document is checked against naive_cstar as it is written: a generator
+    """Every shard's first and last documents are checked against naive_cstar as it is written: a generator
     that forgets the reset at a document start, or writes row i's C* at row i + 1, is caught."""
     import ctxlm.cstar as cstar
 

@@ -15,8 +15,7 @@ from ctxlm.report import RESULTS, write_report
 MODEL_FILES = {"ctxlm": "metrics/eval.json", "LSTM": "metrics/baselines/lstm.json",
                "GPT-2-style": "metrics/baselines/transformer.json", "Kneser–Ney trigram": "metrics/baselines/kneser_ney.json"}
 STAGE_FILES = {"prepare": "prepare", "tokenize": "tokenize", "train_context": "train_context", "generate_cstar": "generate_cstar",
-               "train_token": "train_token", "evaluate": "eval", "baseline_ngram": "baselines/kneser_ney",
-               "baseline_neural@lstm": "baselines/lstm", "baseline_neural@transformer": "baselines/transformer"}
+               "train_token": "train_token", "evaluate": "eval"}
 QUOTING_PAGES = ["README.md", "docs/default-run.md"]  # the pages with result or stage-time tables
 
 
