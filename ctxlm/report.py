@@ -30,7 +30,6 @@ from ctxlm.experiments import (  # noqa: E402
 )
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
-COMMITS = 10  # how far back (in commits) `ctxlm collect` looks for the seed experiments
 RESULTS = Path("docs/results/experiments.json")
 FULL_SIZE_RESULTS = Path("docs/results/full_size.json")
 FULL_SIZE_METRICS = {"ctxlm": "metrics/eval.json", "lstm": "metrics/baselines/lstm.json"}  # each model's figures in a run
@@ -93,20 +92,37 @@ def _switches(commit_params: dict, experiment_params: dict) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in after.items() if before.get(key) != value]
 
 
-def _shown_commits(commits: int) -> list[dict]:
-    """`dvc exp show --json` of the last `commits` commits, newest first (the workspace left out)."""
-    shown = subprocess.run(["dvc", "exp", "show", "--json", "--num", str(commits)], check=True, capture_output=True, text=True).stdout
-    return json.loads(shown)[1:]
+def experiment_baselines() -> list[str]:
+    """The commits of HEAD's history that have DVC experiments, newest first.
+
+    DVC keeps an experiment as the git ref refs/exps/<sha[:2]>/<sha[2:]>/<name> of its baseline
+    commit <sha>; reading the refs finds experiments however many commits ago they were made."""
+    refs = _git("for-each-ref", "--format=%(refname)", "refs/exps").split()
+    parts = [ref.split("/") for ref in refs]
+    baselines = {p[2] + p[3] for p in parts if len(p) == 5 and len(p[2] + p[3]) == 40}
+    history = _git("rev-list", "HEAD").split()  # newest first
+    return [commit for commit in history if commit in baselines]
 
 
-def collect_full_size(out: Path = FULL_SIZE_RESULTS, commits: int = COMMITS) -> int:
-    """Write the finished full-size seed runs (`ctxlm full-size-seeds`) of the last `commits` commits
+def _shown_commits() -> list[dict]:
+    """`dvc exp show --json` of every commit with experiments (experiment_baselines), newest first."""
+    baselines = experiment_baselines()
+    if not baselines:
+        return []
+    revs = [item for commit in baselines for item in ("--rev", commit)]
+    shown = subprocess.run(["dvc", "exp", "show", "--json", "-n", "1", *revs], check=True, capture_output=True, text=True).stdout
+    by_commit = {commit["rev"]: commit for commit in json.loads(shown)}
+    return [by_commit[commit] for commit in baselines if commit in by_commit]
+
+
+def collect_full_size(out: Path = FULL_SIZE_RESULTS) -> int:
+    """Write the finished full-size seed runs (`ctxlm full-size-seeds`) of every commit of HEAD's history
     to `out`: each run's model, seed, commit and figures, the newest run of each name; returns how many.
 
     Unlike the seed comparisons, whose settings must come from one commit, these runs may come from
     several: a full-size run takes an hour or more, and the code may move on between them."""
     runs = {}
-    for commit in reversed(_shown_commits(commits)):  # oldest first: a newer run of the same name replaces it
+    for commit in reversed(_shown_commits()):  # oldest first: a newer run of the same name replaces it
         for experiment in commit.get("experiments") or []:
             for rev in experiment["revs"]:
                 parsed = parse_full_size_name(rev.get("name"))
@@ -115,7 +131,7 @@ def collect_full_size(out: Path = FULL_SIZE_RESULTS, commits: int = COMMITS) -> 
                     runs[rev["name"]] = {"model": parsed[0], "seed": parsed[1], "rev": rev["rev"], "commit": commit["rev"],
                                          "metrics": metrics[FULL_SIZE_METRICS[parsed[0]]]["data"]}
     if not runs:
-        print(f"ctxlm collect: no finished {FULL_PREFIX}<model>-s<seed> experiments in the last {commits} commits "
+        print(f"ctxlm collect: no finished {FULL_PREFIX}<model>-s<seed> experiments in this branch's history "
               "(ctxlm full-size-seeds makes them)")
         return 0
     _write_runs(out, runs)
@@ -129,11 +145,11 @@ def _write_runs(out: Path, runs: dict[str, dict]) -> None:
     out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
 
 
-def collect_experiments(out: Path = RESULTS, commits: int = COMMITS, required: bool = True) -> int:
-    """Write the seed experiments of the newest of the last `commits` commits that has every setting
+def collect_experiments(out: Path = RESULTS, required: bool = True) -> int:
+    """Write the seed experiments of the newest commit of HEAD's history that has every setting
     with the same seeds (at least 2) to `out`; returns how many runs it holds. None found: an error,
     or (not `required`) a message and 0."""
-    for commit in _shown_commits(commits):
+    for commit in _shown_commits():
         runs = {}
         for experiment in commit.get("experiments") or []:
             for rev in experiment["revs"]:
@@ -153,7 +169,7 @@ def collect_experiments(out: Path = RESULTS, commits: int = COMMITS, required: b
             _write_runs(out, runs)
             print(f"ctxlm collect: wrote {len(runs)} runs of commit {commit['rev'][:10]} ({len(seeds['base'])} seeds) to {out}")
             return len(runs)
-    missing = (f"no commit among the last {commits} has finished experiments {PREFIX}<setting>-s<seed> for every setting "
+    missing = (f"no commit of this branch's history has finished experiments {PREFIX}<setting>-s<seed> for every setting "
                f"({', '.join(EXPERIMENTS)}) with the same seeds (at least 2); run: ctxlm seed-experiments")
     if required:
         raise CtxlmError(missing)

@@ -178,8 +178,8 @@ def test_the_baseline_table_gives_ctxlm_and_the_lstm_over_their_seeds(tmp_path, 
 
 
 def test_collect_full_size_keeps_each_finished_run_s_own_model_figures(tmp_path, monkeypatch):
-    """The runs come from `dvc exp show --json` (its shape: the workspace, then commits newest first,
-    each with its experiments' revs); a failed run and runs of other names are left out, and of two
+    """The runs come from `dvc exp show --json` (its shape: commits newest first, each with its
+    experiments' revs); a failed run and runs of other names are left out, and of two
     runs of one name the newer commit's is kept."""
     import ctxlm.report as report
 
@@ -187,8 +187,7 @@ def test_collect_full_size_keeps_each_finished_run_s_own_model_figures(tmp_path,
         return {"revs": [{"name": name, "rev": f"rev-{name}", "error": error, "data": {"metrics": metrics}}]}
 
     lstm_figures, ctxlm_figures = {"test_ppl": 160.0}, {"test_ppl": 250.0}
-    shown = [{"rev": "workspace"},
-             {"rev": "abc123", "experiments": [
+    shown = [{"rev": "abc123", "experiments": [
                  rev("full-lstm-s1", {"metrics/baselines/lstm.json": {"data": lstm_figures}, "metrics/eval.json": {"data": ctxlm_figures}}),
                  rev("full-ctxlm-s2", {"metrics/eval.json": {"data": ctxlm_figures}}),
                  rev("full-ctxlm-s1", {}, error={"msg": "killed"}),
@@ -196,9 +195,30 @@ def test_collect_full_size_keeps_each_finished_run_s_own_model_figures(tmp_path,
              {"rev": "older", "experiments": [  # an older commit's run of the same name is replaced; others are kept
                  rev("full-ctxlm-s2", {"metrics/eval.json": {"data": {"test_ppl": 999.0}}}),
                  rev("full-lstm-s2", {"metrics/baselines/lstm.json": {"data": lstm_figures}})]}]
-    monkeypatch.setattr(report.subprocess, "run", lambda *a, **k: type("Done", (), {"stdout": json.dumps(shown)})())
+    monkeypatch.setattr(report, "_shown_commits", lambda: shown)
     assert report.collect_full_size(tmp_path / "full_size.json") == 3
     runs = json.loads((tmp_path / "full_size.json").read_text())
     assert runs == {"full-ctxlm-s2": {"model": "ctxlm", "seed": 2, "rev": "rev-full-ctxlm-s2", "commit": "abc123", "metrics": ctxlm_figures},
                     "full-lstm-s1": {"model": "lstm", "seed": 1, "rev": "rev-full-lstm-s1", "commit": "abc123", "metrics": lstm_figures},
                     "full-lstm-s2": {"model": "lstm", "seed": 2, "rev": "rev-full-lstm-s2", "commit": "older", "metrics": lstm_figures}}
+
+
+def test_experiment_baselines_finds_experiments_of_any_commit_of_the_history(tmp_path, monkeypatch):
+    """DVC keeps an experiment as refs/exps/<sha[:2]>/<sha[2:]>/<name>; its commit is found however far
+    back it is, newest first, and a commit outside HEAD's history (another branch) is left out."""
+    import ctxlm.report as report
+
+    monkeypatch.chdir(tmp_path)
+    sh(tmp_path, "git", "init", "-q", "-b", "main")
+    commits = []
+    for i in range(15):
+        sh(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", f"c{i}")
+        commits.append(sh(tmp_path, "git", "rev-parse", "HEAD").stdout.strip())
+    sh(tmp_path, "git", "checkout", "-q", "-b", "side", commits[5])
+    sh(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "side")
+    side = sh(tmp_path, "git", "rev-parse", "HEAD").stdout.strip()
+    sh(tmp_path, "git", "checkout", "-q", "main")
+    for commit, name in ((commits[1], "seed-base-s0"), (commits[1], "seed-base-s1"), (commits[12], "full-ctxlm-s1"), (side, "x")):
+        sh(tmp_path, "git", "update-ref", f"refs/exps/{commit[:2]}/{commit[2:]}/{name}", commit)
+    sh(tmp_path, "git", "update-ref", "refs/exps/exec/EXEC_BASELINE", commits[3])  # DVC's own refs are not experiments
+    assert report.experiment_baselines() == [commits[12], commits[1]]
