@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,10 +28,12 @@ from ctxlm.model import ContextBlock, ModelConfig, TokenBlock, head_parameters, 
 from ctxlm.phase2 import ChunkedLinearCrossEntropy, Phase2Result, TrainingTask, score_batches, train_epochs
 from ctxlm.runtime import autocast
 from ctxlm.shards import TokenSplit
+from ctxlm.weights import load_trained_state, load_weights
 
 KINDS = ("lstm", "transformer")
 IGNORE = -100  # target of a padded or already-scored position
 HEADS = 4  # attention heads of the transformer; its width is a multiple of this
+BASELINE_WEIGHTS = "model.safetensors"  # in data/baselines/<kind>/, with the metadata that rebuilds the model
 
 
 class LSTMBody(nn.Module):
@@ -65,13 +69,37 @@ class TransformerBody(nn.Module):
         return self.out(self.gpt(inputs_embeds=self.inp(x)).last_hidden_state)
 
 
+@dataclass(frozen=True)
+class BaselineConfig:
+    kind: str  # lstm | transformer
+    embed_dim: int  # d_e
+    width: int  # the LSTM's hidden size, the Transformer's n_embd
+    seq_len: int  # T: the Transformer's positions
+    transformer_layers: int
+
+    def body(self) -> nn.Module:
+        if self.kind == "lstm":
+            return LSTMBody(self.embed_dim, self.width)
+        if self.kind == "transformer":
+            return TransformerBody(self.embed_dim, self.width, self.transformer_layers, self.seq_len)
+        raise ValueError(f"unknown baseline {self.kind!r}; one of {', '.join(KINDS)}")
+
+    def to_metadata(self) -> dict[str, str]:
+        return {key: str(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> "BaselineConfig":
+        return cls(**{key: meta[key] if key == "kind" else int(meta[key]) for key in cls.__dataclass_fields__})
+
+
 class BaselineLM(nn.Module):
     """x_t = LN(E[t]) -> body -> LayerNorm -> head; E frozen or trained, the head tied or an untied copy."""
 
-    def __init__(self, body: nn.Module, embedding: torch.Tensor, weight_tying: bool, freeze_embedding: bool):
+    def __init__(self, cfg: BaselineConfig, embedding: torch.Tensor, weight_tying: bool, freeze_embedding: bool):
         super().__init__()
+        self.cfg = cfg
         self.embedding = nn.Parameter(embedding.clone().float(), requires_grad=not freeze_embedding)
-        self.body = body
+        self.body = cfg.body()
         self.norm = nn.LayerNorm(embedding.shape[1])
         self.head = None if weight_tying else untied_head(embedding)
 
@@ -98,18 +126,29 @@ def build_baseline(kind: str, cfg: ModelConfig, embedding: torch.Tensor, weight_
                    seq_len: int, transformer_layers: int) -> BaselineLM:
     """A baseline whose trainable body has about as many parameters as ctxlm's ContextBlock + TokenBlock
     of `cfg` (both sides share E and the head, so those are left out of the match)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown baseline {kind!r}; one of {', '.join(KINDS)}")
     with torch.device("meta"):
         target = count(ContextBlock(cfg)) + count(TokenBlock(cfg))
-    d_e = cfg.embed_dim
-    if kind == "lstm":
-        build = lambda hidden: nn.Sequential(LSTMBody(d_e, hidden), nn.LayerNorm(d_e))  # noqa: E731
-        body = LSTMBody(d_e, _closest_width(target, range(4, 4097, 4), build))
-    elif kind == "transformer":
-        build = lambda width: nn.Sequential(TransformerBody(d_e, width, transformer_layers, seq_len), nn.LayerNorm(d_e))  # noqa: E731
-        body = TransformerBody(d_e, _closest_width(target, range(HEADS * 8, 4097, HEADS), build), transformer_layers, seq_len)
-    else:
-        raise ValueError(f"unknown baseline {kind!r}; one of {', '.join(KINDS)}")
-    return BaselineLM(body, embedding, weight_tying, freeze_embedding)
+    sized = lambda width: BaselineConfig(kind, cfg.embed_dim, width, seq_len, transformer_layers)  # noqa: E731
+    build = lambda width: nn.Sequential(sized(width).body(), nn.LayerNorm(cfg.embed_dim))  # noqa: E731
+    widths = range(4, 4097, 4) if kind == "lstm" else range(HEADS * 8, 4097, HEADS)
+    return BaselineLM(sized(_closest_width(target, widths, build)), embedding, weight_tying, freeze_embedding)
+
+
+def baseline_metadata(model: BaselineLM) -> dict[str, str]:
+    """What load_baseline needs to rebuild `model`: its config and its head's settings."""
+    return {**model.cfg.to_metadata(), "weight_tying": str(model.head is None),
+            "freeze_embedding": str(not model.embedding.requires_grad)}
+
+
+def load_baseline(folder: Path, embedding: torch.Tensor) -> BaselineLM:
+    """data/baselines/<kind> -> the BaselineLM of its best epoch (E from the tokens folder when it was frozen)."""
+    state, meta = load_weights(folder, BASELINE_WEIGHTS, f"baselines/dvc.yaml:baseline_neural@{Path(folder).name}")
+    model = BaselineLM(BaselineConfig.from_metadata(meta), embedding, meta["weight_tying"] == "True", meta["freeze_embedding"] == "True")
+    load_trained_state(model, state, str(Path(folder) / BASELINE_WEIGHTS),
+                       f"rerun it with: dvc repro --force baselines/dvc.yaml:baseline_neural@{meta['kind']}")
+    return model.eval().requires_grad_(False)
 
 
 class SequenceData:

@@ -1,11 +1,12 @@
-"""Baselines: an LSTM or a small GPT-2 trained like phase 2 on the same tokens -> metrics/baselines/<kind>.json."""
+"""Baselines: an LSTM or a small GPT-2 trained like phase 2 on the same tokens -> data/baselines/<kind>
+(the best epoch's weights) and metrics/baselines/<kind>.json."""
 
 import time
 from pathlib import Path
 
 import typer
 
-from ctxlm.baselines import KINDS, SequenceData, build_baseline, evaluate_sequences, train_baseline
+from ctxlm.baselines import BASELINE_WEIGHTS, KINDS, SequenceData, baseline_metadata, build_baseline, evaluate_sequences, train_baseline
 from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
@@ -15,8 +16,8 @@ from ctxlm.metrics import count, split_figures
 from ctxlm.model import ModelConfig
 from ctxlm.phase2 import with_device_precision
 from ctxlm.runtime import pick_device, seed_everything
-from ctxlm.shards import load_token_folder, write_json_atomic
-from ctxlm.weights import load_trained_state
+from ctxlm.shards import atomic_dir, load_token_folder, write_json_atomic, write_manifest
+from ctxlm.weights import load_trained_state, save_weights
 
 app = make_app()
 
@@ -44,6 +45,9 @@ def main(kind: str = typer.Argument(..., help=" | ".join(KINDS)), params_file: P
         result = train_baseline(model, train, val, phase2, device, generator, checkpoint, f"baseline {kind}", sample_seed=params.seed,
                                 on_epoch=curves)
         load_trained_state(model, result.best_state, f"baseline {kind}'s best epoch", "a bug: please report it")
+        with atomic_dir(Path("data/baselines") / kind) as weights:
+            save_weights(weights, BASELINE_WEIGHTS, result.best_state, baseline_metadata(model))
+            write_manifest(weights, {"config": baseline_metadata(model)})
         figures = {}
         for split in ("test", "val"):
             data = val if split == "val" else SequenceData(splits[split], seq_len, stride=max(1, seq_len // 2))

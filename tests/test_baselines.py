@@ -162,3 +162,27 @@ def test_the_baseline_train_loss_is_measured_on_seeded_windows_after_the_epoch(t
     loss, acc = evaluate_sequences(model, train, CPU, sample=sample)
     assert result.history[0]["train_loss"] == loss and result.history[0]["train_acc"] == acc
     assert loss != evaluate_sequences(model, train, CPU)[0]  # a sample, not the whole split
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("weight_tying, freeze_embedding", [(True, True), (False, False)])
+def test_a_saved_baseline_loads_back_with_the_same_outputs(tmp_path, kind, weight_tying, freeze_embedding):
+    """What baseline_neural saves (its trained state, without a frozen E) rebuilds the same model."""
+    from ctxlm.baselines import BASELINE_WEIGHTS, baseline_metadata, load_baseline
+    from ctxlm.phase2 import trained_state
+    from ctxlm.shards import write_manifest
+    from ctxlm.weights import save_weights
+
+    cfg = ModelConfig(vocab_size=50, embed_dim=16, context_dim=16)
+    embedding = torch.randn(50, 16)
+    model = build_baseline(kind, cfg, embedding, weight_tying=weight_tying, freeze_embedding=freeze_embedding, seq_len=8, transformer_layers=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # a frozen E stays the one in the tokens folder
+                p.add_(torch.randn_like(p) * 0.1)  # not the initial state
+    save_weights(tmp_path, BASELINE_WEIGHTS, trained_state(model), baseline_metadata(model))
+    write_manifest(tmp_path, {"config": baseline_metadata(model)})
+    loaded = load_baseline(tmp_path, embedding if freeze_embedding else torch.zeros(50, 16))
+    ids = torch.randint(0, 50, (2, 8))
+    assert loaded.cfg == model.cfg and (loaded.head is None) == weight_tying
+    assert torch.equal(loaded.hidden(ids), model.eval().hidden(ids))
