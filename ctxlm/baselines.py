@@ -45,10 +45,16 @@ class LSTMBody(nn.Module):
         self.out = nn.Linear(hidden, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(S, T, d_e) -> (S, T, d_e). The recurrence runs in fp32 even under bf16 autocast: oneDNN
-        has no bf16 LSTM on CPUs without AVX-512 (it fails to build one)."""
+        """(S, T, d_e) -> (S, T, d_e), from the zero state."""
+        return self.run(x)[0]
+
+    def run(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """(S, T, d_e) and the LSTM's (h, c) (None: zeros) -> (S, T, d_e) and (h, c) after the last
+        position. The recurrence runs in fp32 even under bf16 autocast: oneDNN has no bf16 LSTM on
+        CPUs without AVX-512 (it fails to build one)."""
         with torch.autocast(x.device.type, enabled=False):
-            return self.out(self.lstm(x.float())[0])
+            out, state = self.lstm(x.float(), state)
+            return self.out(out), state
 
 
 class TransformerBody(nn.Module):

@@ -17,8 +17,8 @@ DEBUG_OPTION = typer.Option(False, "--debug", help="show the traceback of an err
 
 
 @contextlib.contextmanager
-def stage_run(name: str, debug: bool):
-    """Time a stage body; a CtxlmError becomes one line on stderr and exit status 1."""
+def stage_run(name: str, debug: bool, timing: bool = True):
+    """Time a stage body (a last line, unless not `timing`); a CtxlmError becomes one line on stderr and exit status 1."""
     start = time.perf_counter()
     try:
         yield
@@ -30,7 +30,8 @@ def stage_run(name: str, debug: bool):
     except KeyboardInterrupt:
         print(f"ctxlm {name}: interrupted; nothing was marked done", file=sys.stderr)
         raise typer.Exit(130) from None
-    print(f"ctxlm {name}: done in {time.perf_counter() - start:.1f} s", flush=True)
+    if timing:
+        print(f"ctxlm {name}: done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def elapsed_since(start: float) -> float:

@@ -1,14 +1,19 @@
-"""The `ctxlm` command: the seed's experiments, collecting their results, and the results report
-(the stages have their own CLIs)."""
+"""The `ctxlm` command: using a trained model (generate, score, export), the seed's experiments,
+collecting their results, and the results report (the stages have their own CLIs).
 
+Each command imports what it needs when it runs, so that `ctxlm generate` starts without the
+report's plotting libraries."""
+
+import sys
 from pathlib import Path
 
 import typer
 
 from ctxlm.cli import DEBUG_OPTION, make_app, stage_run
-from ctxlm.config import load_params
-from ctxlm.experiments import FULL_PREFIX, FULL_SIZE_TARGETS, SEEDS, full_size_commands, run_commands, run_seed_experiments
-from ctxlm.report import FULL_SIZE_RESULTS, RESULTS, collect_experiments, collect_full_size, write_report
+from ctxlm.errors import CtxlmError
+from ctxlm.experiments import FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, RESULTS, SEEDS
+
+MODEL_OPTION = typer.Option("ctxlm", "--model", help="ctxlm | lstm | transformer (of this DVC workspace) or a folder from `ctxlm export`")
 
 app = make_app()
 
@@ -21,6 +26,8 @@ def seed_experiments(
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Run the seed's comparisons as named DVC experiments (reduced size, N seeds), one after the other."""
+    from ctxlm.experiments import run_seed_experiments
+
     with stage_run("seed-experiments", debug):
         run_seed_experiments(size, seeds, dry_run)
 
@@ -33,6 +40,9 @@ def full_size_seeds(
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Run ctxlm and the LSTM at full size with the other seeds, one after the other, as named DVC experiments."""
+    from ctxlm.config import load_params
+    from ctxlm.experiments import FULL_PREFIX, full_size_commands, run_commands
+
     with stage_run("full-size-seeds", debug):
         run_commands(full_size_commands(model, seeds, load_params(Path("params.yaml")).seed), dry_run, FULL_PREFIX)
 
@@ -43,6 +53,8 @@ def collect(out: Path = typer.Option(RESULTS, help="the seed experiments' JSON f
             debug: bool = DEBUG_OPTION) -> None:
     """Write the seed experiments' and the full-size seeds' metrics (and curves) from DVC to JSON files
     that travel with the repository."""
+    from ctxlm.report import collect_experiments, collect_full_size
+
     with stage_run("collect", debug):
         full_size_runs = collect_full_size(full_size_out)
         collect_experiments(out, required=not full_size_runs)  # one of the two kinds at least
@@ -53,5 +65,78 @@ def report(out: Path = typer.Option(Path("docs/RESULTS.md"), help="the Markdown 
            results: Path = typer.Option(RESULTS, help="the collected experiments (ctxlm collect)"),
            debug: bool = DEBUG_OPTION) -> None:
     """Write docs/RESULTS.md and its plots from the collected seed experiments and the committed metrics."""
+    from ctxlm.report import write_report
+
     with stage_run("report", debug):
         write_report(out, results)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument("", help="the text to continue (empty: start from the zero context)"),
+    max_tokens: int = typer.Option(100, "--max-tokens", min=1, help="tokens to generate"),
+    temperature: float = typer.Option(1.0, "--temperature", help="> 0; below 1 sharpens the distribution"),
+    top_k: int = typer.Option(0, "--top-k", help="sample among the k most likely tokens (0: all)"),
+    top_p: float = typer.Option(1.0, "--top-p", help="sample among the most likely tokens whose probability reaches p, in (0, 1]"),
+    greedy: bool = typer.Option(False, "--greedy", help="take the most likely token every step"),
+    seed: int = typer.Option(0, "--seed", help="same seed, same text"),
+    model: str = MODEL_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Continue PROMPT with a trained model, printing the text as it comes: the prompt is read once,
+    then each new token one recurrence step (ctxlm's cost per token does not grow with the text)."""
+    from ctxlm.export import load_model
+    from ctxlm.inference import Sampling, generate_ids, stream_text
+
+    with stage_run("generate", debug, timing=False):
+        sampling = Sampling(temperature, top_k, top_p, greedy)
+        loaded = load_model(model)
+        prompt_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        sys.stdout.write(prompt)
+        for piece in stream_text(loaded.tokenizer, prompt_ids, generate_ids(loaded.stepper, prompt_ids, max_tokens, sampling, seed)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
+@app.command()
+def score(
+    file: str = typer.Argument(..., help="a .txt file (documents between blank lines), a .jsonl file (a 'text' or 'messages' "
+                                         "per line), a folder of .txt files (a document each), or - for standard input"),
+    out: Path = typer.Option(None, "--out", help="per-token figures to this .csv or .json file"),
+    one_document: bool = typer.Option(False, "--one-document", help="the whole text as one document (no context reset at blank lines)"),
+    model: str = MODEL_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Score a text with a trained ctxlm: each token's log-probability and surprisal, and the totals
+    (perplexity, accuracy, bits per byte). Documents are cut as `data.source` cuts a corpus, and the
+    context resets at each; a document's first token is not predicted (as in evaluate)."""
+    from ctxlm.export import load_model
+    from ctxlm.inference import score_tokens, text_to_documents, write_scores
+    from ctxlm.tokens import tokenize_documents
+
+    with stage_run("score", debug, timing=False):
+        if out is not None and out.suffix not in (".csv", ".json"):
+            raise CtxlmError(f"--out {out}: give a .csv or .json file")
+        documents = text_to_documents(file, one_document)
+        loaded = load_model(model)
+        if loaded.block is None:
+            raise CtxlmError(f"--model {model}: ctxlm score scores ctxlm models (the workspace's or an exported one)")
+        tokens = tokenize_documents(loaded.tokenizer, documents, budget=2**62)
+        scores = score_tokens(loaded.block, loaded.token_model, tokens)
+        if out is not None:
+            write_scores(out, scores, loaded.tokenizer)
+        print(f"{len(scores.logprob):,} tokens scored in {len(documents):,} document(s): perplexity {scores.perplexity:.2f}, "
+              f"accuracy {scores.accuracy:.2%}, {scores.bits_per_byte:.4f} bits per byte"
+              + (f"; per-token figures in {out}" if out else ""))
+
+
+@app.command()
+def export(out: Path = typer.Argument(..., help="the folder to write (replaced if it exists)"), debug: bool = DEBUG_OPTION) -> None:
+    """Write the workspace's trained ctxlm (after `dvc repro`) to a self-contained folder: safetensors
+    weights, the embedding, the tokenizer, config.json and a model card; `--model OUT` loads it."""
+    from ctxlm.export import export_model
+
+    with stage_run("export", debug):
+        config = export_model(out, " ".join(["ctxlm", "export", str(out)]))
+        print(f"ctxlm export: wrote {out} (test perplexity {config['metrics'].get('test_ppl', float('nan')):.1f})")

@@ -16,10 +16,13 @@ import re
 import shlex
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from ctxlm.errors import CtxlmError
 
 PREFIX = "seed-"
+RESULTS = Path("docs/results/experiments.json")  # the seed experiments, collected (ctxlm collect)
+FULL_SIZE_RESULTS = Path("docs/results/full_size.json")  # the full-size seed runs, collected
 SEEDS = 3
 FULL_PREFIX = "full-"  # full-size runs with other seeds: full-<model>-s<seed>
 FULL_SIZE_TARGETS = {"ctxlm": "evaluate", "lstm": "baselines/dvc.yaml:baseline_neural@lstm"}  # the DVC target each runs

@@ -26,12 +26,10 @@ import pandas as pd  # noqa: E402
 from ctxlm.curves import BASELINE_CURVES, CURVES, load_curve, metrics_dir, read_curve  # noqa: E402
 from ctxlm.errors import CtxlmError  # noqa: E402
 from ctxlm.experiments import (  # noqa: E402
-    COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_TARGETS, PREFIX, Comparison, Metric, parse_experiment_name, parse_full_size_name,
+    COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, PREFIX, RESULTS, Comparison, Metric, parse_experiment_name, parse_full_size_name,
 )
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
-RESULTS = Path("docs/results/experiments.json")
-FULL_SIZE_RESULTS = Path("docs/results/full_size.json")
 FULL_SIZE_METRICS = {"ctxlm": "metrics/eval.json", "lstm": "metrics/baselines/lstm.json"}  # each model's figures in a run
 STAGE_METRICS = ("train_context", "generate_cstar", "train_token", "eval")  # ctxlm's training and scoring stages
 # Student's t quantile t(0.975, df) for df = 1..30: a 95% interval of a mean of df + 1 values.

@@ -52,26 +52,43 @@ def load_trained_state(module: torch.nn.Module, state: dict[str, torch.Tensor], 
     module.load_state_dict(state, strict=False)
 
 
+def read_safetensors(path: Path, hint: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file; one clear error when it cannot be read."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for a truncated or foreign file
+        raise CtxlmError(f"{path}: not a readable safetensors file ({err}); {hint}") from None
+
+
 def load_weights(folder: Path, name: str, regenerate: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Verified safetensors weights and their metadata."""
     read_manifest(folder, regenerate)
-    with safe_open(Path(folder) / name, framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    return read_safetensors(Path(folder) / name, f"rerun it with: dvc repro --force {regenerate}")
+
+
+def context_block_from(state: dict[str, torch.Tensor], metadata: dict[str, str], source: str, hint: str) -> tuple[ContextBlock, ModelConfig]:
+    """A saved ContextBlock (its state and config metadata) -> (ContextBlock in eval mode, its ModelConfig)."""
+    cfg = ModelConfig.from_metadata(metadata)
+    block = ContextBlock(cfg)
+    load_trained_state(block, state, source, hint)
+    return block.eval().requires_grad_(False), cfg
+
+
+def token_model_from(state: dict[str, torch.Tensor], metadata: dict[str, str], embedding: torch.Tensor, source: str, hint: str) -> TokenModel:
+    """A saved TokenModel (its trained state and metadata; E given, used when it was frozen) -> TokenModel."""
+    model = TokenModel(ModelConfig.from_metadata(metadata), embedding, metadata["weight_tying"] == "True", metadata["freeze_embedding"] == "True")
+    load_trained_state(model, state, source, hint)
+    return model
 
 
 def load_context_block(folder: Path) -> tuple[ContextBlock, ModelConfig]:
     """data/context -> (ContextBlock in eval mode, its ModelConfig)."""
     state, metadata = load_weights(folder, CONTEXT_WEIGHTS, "train_context")
-    cfg = ModelConfig.from_metadata(metadata)
-    block = ContextBlock(cfg)
-    load_trained_state(block, state, str(Path(folder) / CONTEXT_WEIGHTS), "rerun it with: dvc repro --force train_context")
-    return block.eval().requires_grad_(False), cfg
+    return context_block_from(state, metadata, str(Path(folder) / CONTEXT_WEIGHTS), "rerun it with: dvc repro --force train_context")
 
 
 def load_token_model(folder: Path, embedding: torch.Tensor) -> TokenModel:
     """data/token_model -> TokenModel with the best epoch's weights (E from the tokens folder when it was frozen)."""
     state, metadata = load_weights(folder, TOKEN_WEIGHTS, "train_token")
-    cfg = ModelConfig.from_metadata(metadata)
-    model = TokenModel(cfg, embedding, metadata["weight_tying"] == "True", metadata["freeze_embedding"] == "True")
-    load_trained_state(model, state, str(Path(folder) / TOKEN_WEIGHTS), "rerun it with: dvc repro --force train_token")
-    return model
+    return token_model_from(state, metadata, embedding, str(Path(folder) / TOKEN_WEIGHTS), "rerun it with: dvc repro --force train_token")

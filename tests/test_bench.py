@@ -46,3 +46,33 @@ def test_bench_memory(tmp_path):
     assert {"tokens_small", "tokens_large", "peak_rss_mb_small", "peak_rss_mb_large", "growth"} <= set(last)
     assert last["tokens_large"] == 30000 and last["peak_rss_mb_small"] > 100 and last["growth"] > 0.5
     assert "stored bfloat16" in stdout
+
+
+@pytest.mark.slow
+def test_bench_generate(tmp_path):
+    stdout, last = run_bench(tmp_path, "bench.generate", "--positions", "16,64", "--steps", "2")
+    assert [p["position"] for p in last["points"]] == [16, 64] and {"ctxlm_late_early_ratio", "transformer_late_early_ratio", "head_ms"} <= set(last)
+    assert "late / early cost (position 64 / 16)" in stdout
+
+
+def test_the_benchmark_s_cached_transformer_steps_give_its_whole_sequence_logits():
+    """bench.generate times a real key/value-cache path: its logits are the full forward pass's."""
+    import torch
+
+    from bench.generate import CachedTransformer
+    from ctxlm.baselines import build_baseline
+    from ctxlm.model import ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, embed_dim=16, context_dim=16)
+    model = build_baseline("transformer", cfg, torch.randn(40, 16), weight_tying=True, freeze_embedding=True, seq_len=32, transformer_layers=2)
+    cached = CachedTransformer(model)
+    ids = torch.randint(0, 40, (20,))
+    state = cached.prefill(ids[:12])
+    stepped = []
+    for token in ids[12:].tolist():
+        state, logits = cached.read(state, token)
+        stepped.append(logits)
+    with torch.no_grad():
+        whole = model.eval().hidden(ids[None])[0, 12:] @ model.embedding.T
+    assert torch.allclose(torch.stack(stepped), whole, atol=1e-5)

@@ -5,10 +5,12 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -62,6 +64,7 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
     listed = {path for result in shown.values() for path in result["data"]}
     assert {"metrics/eval.json", "metrics/baselines/lstm.json", "metrics/baselines/kneser_ney.json"} <= listed
+    use_the_trained_models(repo, metrics)
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-q", "-m", "baseline")
 
@@ -80,6 +83,24 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
     assert two_layers["effective_rank"] == pytest.approx(numpy_effective_rank(repo, layer=1, rows=TINY["evaluate"]["rank_rows"]))
     shown = sh(repo, "dvc", "exp", "show", "--json").stdout
     assert "val_ppl" in shown
+
+
+def use_the_trained_models(repo: Path, metrics: dict) -> None:
+    """ctxlm score on the test split's text gives evaluate's figures exactly; ctxlm, the LSTM and the
+    Transformer generate; an exported folder generates what the workspace does."""
+    documents = pd.read_parquet(repo / "data/corpus/documents.parquet")
+    (repo / "test_split.txt").write_text("\n\n".join(documents.loc[documents.split == "test", "text"]))  # scenes hold no blank line
+    sh(repo, sys.executable, "-m", "ctxlm", "score", "test_split.txt", "--out", "scores.json")
+    totals = json.loads((repo / "scores.json").read_text())["totals"]
+    assert (totals["tokens"], totals["perplexity"], totals["accuracy"], totals["bits_per_byte"]) == (
+        metrics["test_positions"], metrics["test_ppl"], metrics["test_acc"], metrics["test_bits_per_byte"])
+    prompt = ["generate", "to be, or not", "--max-tokens", "8", "--greedy"]
+    texts = {model: sh(repo, sys.executable, "-m", "ctxlm", *prompt, "--model", model).stdout for model in ("ctxlm", "lstm", "transformer")}
+    assert all(text.startswith("to be, or not") and len(text) > len("to be, or not\n") for text in texts.values()), texts
+    sh(repo, sys.executable, "-m", "ctxlm", "export", str(repo.parent / "exported"))
+    assert sh(repo.parent, sys.executable, "-m", "ctxlm", *prompt, "--model", "exported").stdout == texts["ctxlm"]
+    for scratch in ("test_split.txt", "scores.json"):
+        (repo / scratch).unlink()
 
 
 @pytest.mark.slow

@@ -1,0 +1,250 @@
+"""Using a trained model: generate text one token at a time, and score a text token by token.
+
+A *stepper* reads one token and returns the logits of the next. ctxlm's keeps only the final
+layer's context c_i (d_c numbers) and the last k ids, so a step costs the same at any position:
+    c*_i = ContextBlock(c_{i-1}, x_i)   (L, d_c), c_0 = 0 at the start of a text
+    logits_i = TokenModel(c*_i, window_i) predicts token i+1
+which is the recurrence `generate_cstar` runs (cstar.naive_cstar) and the TokenModel phase 2 trained.
+The baselines step the same way: the LSTM carries (h, c); the GPT-2-style model reads its last
+seq_len tokens again each step (it was trained on windows of that many).
+
+A text with no tokens yet (an empty prompt) has no prediction for its first token: the steppers
+read one zero input (PAD, the padding slot of input_features) from the initial state for it, and
+the first token is then read from the zero context, as every document starts in training.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctxlm.cstar import cstar_into
+from ctxlm.errors import CtxlmError
+from ctxlm.model import ContextBlock, TokenModel, input_features, token_windows
+from ctxlm.phase2 import score_batches
+from ctxlm.shards import doc_starts, has_next
+from ctxlm.tokens import TokenizedSplit
+
+if TYPE_CHECKING:
+    from ctxlm.baselines import BaselineLM
+
+PAD = -1  # the id of a zero input (model.input_features)
+SCORE_BATCH = 4096  # positions per scoring batch: evaluate's, so that both sum the same batches
+
+
+class Stepper(Protocol):
+    def initial(self) -> object:
+        """The state before any token of a text."""
+
+    def read(self, state: object, token: int) -> tuple[object, torch.Tensor]:
+        """Read `token` -> (the new state, (V,) fp32 logits of the next token)."""
+
+
+class CtxlmStepper:
+    """The ContextBlock's recurrence and the TokenModel, one token at a time (state: c (1, d_c), window (1, k))."""
+
+    def __init__(self, block: ContextBlock, model: TokenModel):
+        self.block, self.model = block.eval(), model.eval()
+
+    def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.block.cfg
+        return torch.zeros(1, cfg.context_dim), torch.full((1, cfg.num_input_tokens), PAD)
+
+    @torch.no_grad()
+    def read(self, state, token: int):
+        context, window = state
+        window = torch.cat([window[:, 1:], torch.tensor([[token]])], dim=1)  # (1, k), oldest first
+        layers = self.block(context, input_features(self.model.embedding, window))  # (1, L, d_c): C* of this token
+        return (layers[:, -1], window), self.model(layers, window)[0].float()
+
+
+class LSTMStepper:
+    """The LSTM baseline carrying its (h, c) state from token to token."""
+
+    def __init__(self, model: BaselineLM):
+        self.model = model.eval()
+
+    def initial(self):
+        return None
+
+    @torch.no_grad()
+    def read(self, state, token: int):
+        x = input_features(self.model.embedding, torch.tensor([[[token]]]))  # (1, 1, d_e)
+        out, state = self.model.body.run(x, state)
+        weight, bias = self.model.head_parameters()
+        return state, F.linear(self.model.norm(out)[0, -1], weight, bias).float()
+
+
+class TransformerStepper:
+    """The GPT-2-style baseline reading its last seq_len tokens (at most its positions) each step."""
+
+    def __init__(self, model: BaselineLM):
+        self.model = model.eval()
+
+    def initial(self):
+        return []
+
+    @torch.no_grad()
+    def read(self, state, token: int):
+        state = [*state, token][-self.model.cfg.seq_len :]
+        weight, bias = self.model.head_parameters()
+        return state, F.linear(self.model.hidden(torch.tensor([state]))[0, -1], weight, bias).float()
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    greedy: bool = False
+
+    def __post_init__(self):
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise CtxlmError(f"--temperature must be a positive number, got {self.temperature} (use --greedy for the argmax)")
+        if self.top_k < 0:
+            raise CtxlmError(f"--top-k must be 0 (no limit) or positive, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise CtxlmError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """A token drawn from (V,) logits: the argmax, or softmax(logits / temperature) restricted to the
+    top_k most likely tokens and to the smallest set of them whose probability reaches top_p."""
+    if sampling.greedy:
+        return int(logits.argmax())
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if sampling.top_p < 1:
+        probs, order = torch.sort(torch.softmax(logits, dim=0), descending=True)
+        outside = torch.cumsum(probs, dim=0) - probs >= sampling.top_p  # the mass before it already reaches top_p
+        logits = logits.index_fill(0, order[outside], -math.inf)
+    return int(torch.multinomial(torch.softmax(logits, dim=0), 1, generator=generator))
+
+
+def generate_ids(stepper: Stepper, prompt: list[int], max_tokens: int, sampling: Sampling, seed: int) -> Iterator[int]:
+    """The ids that follow `prompt`, one at a time: the prompt is read once, then each new token
+    once (the past is never recomputed)."""
+    generator = torch.Generator().manual_seed(seed)
+    state, logits = stepper.initial(), None
+    for token in prompt:
+        state, logits = stepper.read(state, token)
+    if logits is None:  # an empty prompt: the first token's distribution from a zero input; the state stays initial
+        _, logits = stepper.read(state, PAD)
+    for n in range(max_tokens):
+        token = next_token(logits, sampling, generator)
+        yield token
+        if n + 1 < max_tokens:
+            state, logits = stepper.read(state, token)
+
+
+def stream_text(tokenizer, prompt: list[int], ids: Iterator[int]) -> Iterator[str]:
+    """The decoded continuation of `prompt` piece by piece as `ids` come (subword tokens join up,
+    so each piece is what the whole decoded text gained)."""
+    shown = tokenizer.decode(prompt)
+    sequence = list(prompt)
+    for token in ids:
+        sequence.append(token)
+        text = tokenizer.decode(sequence)
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown) :]
+            shown = text
+
+
+@dataclass
+class Scores:
+    """Per predicted token (every token of a document but its first) and the totals."""
+
+    document: np.ndarray  # (M,) which document
+    position: np.ndarray  # (M,) the predicted token's index in its document
+    token_id: np.ndarray  # (M,)
+    logprob: np.ndarray  # (M,) natural log-probability the model gave it
+    loss: float  # mean cross-entropy (nats): -mean(logprob)
+    accuracy: float  # argmax accuracy
+    predicted_bytes: int
+    predicted_chars: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.loss * len(self.logprob) / math.log(2) / self.predicted_bytes
+
+
+@torch.no_grad()
+def score_tokens(block: ContextBlock, model: TokenModel, tokens: TokenizedSplit) -> Scores:
+    """Every predicted token of `tokens` scored the way `evaluate` scores a split: C* by the exact
+    recurrence (cstar_into, the generator's), the TokenModel in fp32, batches of SCORE_BATCH
+    consecutive positions, the totals summed by phase2.score_batches."""
+    ids = torch.from_numpy(tokens.ids.astype(np.int64))
+    n, offsets = len(ids), tokens.offsets
+    if not has_next(offsets, n).any():
+        raise CtxlmError("the text has no token to predict: every document is a single token (or the text is empty)")
+    windows = token_windows(ids, torch.from_numpy(doc_starts(offsets, n)), block.cfg.num_input_tokens)
+    cstar = np.zeros((n, block.cfg.num_layers, block.cfg.context_dim), dtype=np.float32)
+    cstar_into(block, model.embedding.detach(), windows, offsets, cstar)
+    positions = np.flatnonzero(has_next(offsets, n))
+    logprobs = []
+    model.eval()
+
+    def batches():
+        for a in range(0, len(positions), SCORE_BATCH):
+            rows = positions[a : a + SCORE_BATCH]
+            logits, targets = model(torch.from_numpy(cstar[rows]), windows[rows]), ids[rows + 1]
+            logprobs.append(torch.log_softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0].double().numpy())
+            yield logits, targets
+
+    loss, accuracy = score_batches(batches(), len(positions), "score")
+    document = np.searchsorted(offsets, positions, side="right") - 1
+    return Scores(document, positions + 1 - offsets[document], ids[positions + 1].numpy(), np.concatenate(logprobs),
+                  loss, accuracy, tokens.predicted_bytes, tokens.predicted_chars)
+
+
+def text_to_documents(source: str, one_document: bool = False) -> list[str]:
+    """`ctxlm score`'s input -> documents, cut as `data.source` cuts a corpus: a .jsonl file a record
+    each, a folder a .txt file each, other text (a file, or '-' for standard input) at blank lines;
+    or, with `one_document`, the whole text as one."""
+    import sys
+    from pathlib import Path
+
+    from ctxlm.sources import jsonl_documents, text_documents
+
+    if source == "-":
+        text = sys.stdin.read()
+        return [text] if one_document else re.split(r"\n\s*\n", text)
+    path = Path(source)
+    if not path.exists():
+        raise CtxlmError(f"{source}: no such file or folder")
+    if one_document and path.is_file():
+        return ["\n\n".join(text for _, text in text_documents(path))]
+    documents = [text for _, text in (jsonl_documents(path) if path.suffix == ".jsonl" else text_documents(path))]
+    return ["\n\n".join(documents)] if one_document else documents
+
+
+def write_scores(path, scores: Scores, tokenizer) -> None:
+    """Per-token figures as CSV (a row a token) or JSON (the rows and the totals)."""
+    import json
+
+    import pandas as pd
+
+    rows = pd.DataFrame({
+        "document": scores.document, "position": scores.position, "token_id": scores.token_id,
+        "token": tokenizer.convert_ids_to_tokens(scores.token_id.tolist()),
+        "logprob": scores.logprob, "surprisal_bits": -scores.logprob / math.log(2),
+    })
+    if str(path).endswith(".json"):
+        totals = {"tokens": len(rows), "loss": scores.loss, "perplexity": scores.perplexity, "accuracy": scores.accuracy,
+                  "bits_per_byte": scores.bits_per_byte, "predicted_bytes": scores.predicted_bytes}
+        path.write_text(json.dumps({"totals": totals, "tokens": rows.to_dict(orient="records")}, indent=1) + "\n")
+    else:
+        rows.to_csv(path, index=False)
