@@ -122,11 +122,12 @@ def score(
         loaded = load_model(model)
         if loaded.block is None:
             raise CtxlmError(f"--model {model}: ctxlm score scores ctxlm models (the workspace's or an exported one)")
-        tokens = tokenize_documents(loaded.tokenizer, documents, budget=2**62)
+        # a token covers at least one byte of text, so this budget keeps every token
+        tokens = tokenize_documents(loaded.tokenizer, documents, budget=1 + sum(len(d.encode()) for d in documents))
         scores = score_tokens(loaded.block, loaded.token_model, tokens)
         if out is not None:
             write_scores(out, scores, loaded.tokenizer)
-        print(f"{len(scores.logprob):,} tokens scored in {len(documents):,} document(s): perplexity {scores.perplexity:.2f}, "
+        print(f"{len(scores.logprob):,} tokens scored in {len(tokens.offsets) - 1:,} document(s): perplexity {scores.perplexity:.2f}, "
               f"accuracy {scores.accuracy:.2%}, {scores.bits_per_byte:.4f} bits per byte"
               + (f"; per-token figures in {out}" if out else ""))
 

@@ -29,6 +29,7 @@ from ctxlm.cstar import cstar_into
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, TokenModel, input_features, token_windows
 from ctxlm.phase2 import score_batches
+from ctxlm.runtime import one_thread
 from ctxlm.shards import doc_starts, has_next
 from ctxlm.tokens import TokenizedSplit
 
@@ -61,8 +62,10 @@ class CtxlmStepper:
     def read(self, state, token: int):
         context, window = state
         window = torch.cat([window[:, 1:], torch.tensor([[token]])], dim=1)  # (1, k), oldest first
-        layers = self.block(context, input_features(self.model.embedding, window))  # (1, L, d_c): C* of this token
-        return (layers[:, -1], window), self.model(layers, window)[0].float()
+        with one_thread():  # vectors of a few hundred numbers; only the head's product is worth the threads
+            layers = self.block(context, input_features(self.model.embedding, window))  # (1, L, d_c): C* of this token
+            hidden = self.model.hidden(layers, window)  # (1, d_e)
+        return (layers[:, -1], window), self.model.logits(hidden)[0].float()
 
 
 class LSTMStepper:
@@ -76,10 +79,12 @@ class LSTMStepper:
 
     @torch.no_grad()
     def read(self, state, token: int):
-        x = input_features(self.model.embedding, torch.tensor([[[token]]]))  # (1, 1, d_e)
-        out, state = self.model.body.run(x, state)
+        with one_thread():
+            x = input_features(self.model.embedding, torch.tensor([[[token]]]))  # (1, 1, d_e)
+            out, state = self.model.body.run(x, state)
+            hidden = self.model.norm(out)[0, -1]
         weight, bias = self.model.head_parameters()
-        return state, F.linear(self.model.norm(out)[0, -1], weight, bias).float()
+        return state, F.linear(hidden, weight, bias).float()
 
 
 class TransformerStepper:

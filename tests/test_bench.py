@@ -51,7 +51,7 @@ def test_bench_memory(tmp_path):
 @pytest.mark.slow
 def test_bench_generate(tmp_path):
     stdout, last = run_bench(tmp_path, "bench.generate", "--positions", "16,64", "--steps", "2")
-    assert [p["position"] for p in last["points"]] == [16, 64] and {"ctxlm_late_early_ratio", "transformer_late_early_ratio", "head_ms"} <= set(last)
+    assert [p["position"] for p in last["points"]] == [16, 64] and {"ctxlm_late_early_ratio", "transformer_late_early_ratio", "transformer_width"} <= set(last)
     assert "late / early cost (position 64 / 16)" in stdout
 
 
