@@ -273,3 +273,10 @@ def test_score_writes_per_token_figures_and_totals(workspace):
     assert f"{len(logprobs)} tokens scored in 2 document(s)" in result.stdout
     one = run_cli("score", str(text), "--one-document", "--out", "one.csv")
     assert one.exit_code == 0 and f"{len(logprobs) + 1} tokens scored in 1 document(s)" in one.stdout  # one more: no reset
+
+
+def test_a_bad_sampling_argument_on_the_command_line_is_one_error_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # refused before any model is looked for
+    result = run_cli("generate", "hello", "--temperature", "-0.5")
+    assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
+        "ctxlm generate: error: --temperature must be a positive number, got -0.5 (use --greedy for the argmax)"]
