@@ -180,3 +180,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if missing:
         raise CtxlmError("\n".join(f"{path}: {line}" for line in missing))
     return params
+
+
+def flatten_params(params: dict, prefix: str = "") -> dict[str, object]:
+    """Nested params -> {"section.key": value}, the way DVC names a param."""
+    flat = {}
+    for key, value in params.items():
+        flat.update(flatten_params(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat

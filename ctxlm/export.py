@@ -21,6 +21,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from ctxlm.config import flatten_params
 from ctxlm.embedding import load_tokenizer, resolve_model_dir
 from ctxlm.errors import CtxlmError
 from ctxlm.inference import CtxlmStepper, LSTMStepper, Stepper, TransformerStepper
@@ -88,7 +89,7 @@ def export_model(out: Path, command: str) -> dict:
         "model": metadata,
         "embedding_model": meta["embedding_model"],
         "trained_on": {split: meta[split] for split in ("train", "val", "test")},
-        "params": _read_yaml(Path("params.yaml")),
+        "params": trained_params(),
         "metrics": {key: metrics[key] for key in sorted(metrics) if key.startswith(("test_", "val_", "train_", "params_", "effective_rank"))},
         "made_by": command,
         "git_commit": _git_commit(),
@@ -146,7 +147,7 @@ def model_card(config: dict) -> str:
         f"- ContextBlock: context width {m['context_dim']}, {m['num_layers']} layer(s), {m['num_input_tokens']} input token(s)",
         f"- embedding: `{config['embedding_model']}` ({int(m['vocab_size']):,} x {m['embed_dim']}), "
         f"{'frozen' if m['freeze_embedding'] == 'True' else 'trained'}, head {'tied to it' if m['weight_tying'] == 'True' else 'untied'}",
-        f"- corpus: `{params['data']['source']}`, seed {params['seed']}",
+        f"- corpus: `{params['data.source']}`, seed {params['seed']}",
         f"- parameters: {metrics.get('params_total', 0):,} in all, {metrics.get('params_trainable', 0):,} trained",
         "",
         "| split | tokens | documents |",
@@ -157,7 +158,7 @@ def model_card(config: dict) -> str:
         "|---|---|---|---|",
         *figures,
         "",
-        f"Made by `{config['made_by']}` from git commit `{config['git_commit']}`; every param is in config.json.",
+        f"Made by `{config['made_by']}` from git commit `{config['git_commit']}`; config.json holds every param of the run (from dvc.lock).",
         "",
         "Use it without the DVC workspace:",
         "",
@@ -178,10 +179,16 @@ def _read_json(path: Path, stage: str) -> dict:
         raise CtxlmError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); it comes from {stage}") from None
 
 
-def _read_yaml(path: Path) -> dict:
+def trained_params() -> dict[str, object]:
+    """The params the trained model came from, {"section.key": value}: each ctxlm stage's params as
+    dvc.lock recorded them when it ran (params.yaml may have changed since); params.yaml without a lock."""
     import yaml
 
-    return yaml.safe_load(path.read_text())
+    lock = Path("dvc.lock")
+    if not lock.is_file():
+        return flatten_params(yaml.safe_load(Path("params.yaml").read_text()))
+    stages = yaml.safe_load(lock.read_text())["stages"]
+    return dict(sorted(flatten_params({k: v for stage in stages.values() for k, v in stage.get("params", {}).get("params.yaml", {}).items()}).items()))
 
 
 def _git_commit() -> str:

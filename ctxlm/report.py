@@ -23,6 +23,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ctxlm.config import flatten_params  # noqa: E402
 from ctxlm.curves import BASELINE_CURVES, CURVES, load_curve, metrics_dir, read_curve  # noqa: E402
 from ctxlm.errors import CtxlmError  # noqa: E402
 from ctxlm.experiments import (  # noqa: E402
@@ -77,16 +78,9 @@ def experiment_metrics(metrics: dict[str, dict], curve: pd.DataFrame) -> dict[st
     }
 
 
-def _flatten(params: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in params.items():
-        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return flat
-
-
 def _switches(commit_params: dict, experiment_params: dict) -> list[str]:
     """The `-S key=value` an experiment set on top of its commit's params.yaml."""
-    before, after = _flatten(commit_params), _flatten(experiment_params)
+    before, after = flatten_params(commit_params), flatten_params(experiment_params)
     return [f"{key}={json.dumps(value)}" for key, value in after.items() if before.get(key) != value]
 
 

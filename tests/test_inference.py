@@ -222,6 +222,7 @@ def test_an_export_loads_without_the_workspace_and_gives_the_same_text(workspace
     exported = elsewhere / "model"
     config = json.loads((exported / "config.json").read_text())
     assert config["metrics"]["test_ppl"] == 123.4 and config["model"]["context_dim"] == "12" and config["embedding_model"] == "minilm"
+    assert config["params"]["data.source"] == "shakespeare" and config["params"]["phase2.batch_size"] == 512  # params.yaml: no dvc.lock here
     card = (exported / "README.md").read_text()
     assert "| test | 123.4 | 20.00% | 2.000 |" in card and "ctxlm export" in card
     assert sorted(p.name for p in exported.iterdir()) == ["README.md", "config.json", "context_block.safetensors",
