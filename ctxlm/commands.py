@@ -133,11 +133,11 @@ def score(
 
 
 @app.command()
-def export(out: Path = typer.Argument(..., help="the folder to write (replaced if it exists)"), debug: bool = DEBUG_OPTION) -> None:
+def export(out: Path = typer.Argument(..., help="the folder to write (a folder of an earlier export is replaced; any other existing folder is refused)"), debug: bool = DEBUG_OPTION) -> None:
     """Write the workspace's trained ctxlm (after `dvc repro`) to a self-contained folder: safetensors
     weights, the embedding, the tokenizer, config.json and a model card; `--model OUT` loads it."""
     from ctxlm.export import export_model
 
     with stage_run("export", debug):
-        config = export_model(out, " ".join(["ctxlm", "export", str(out)]))
+        config = export_model(out, f"ctxlm export {out}")
         print(f"ctxlm export: wrote {out} (test perplexity {config['metrics'].get('test_ppl', float('nan')):.1f})")

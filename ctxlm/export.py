@@ -78,7 +78,11 @@ def _workspace_model(model: str) -> LoadedModel:
 
 
 def export_model(out: Path, command: str) -> dict:
-    """Write the workspace's trained ctxlm to the self-contained folder `out`; returns its config."""
+    """Write the workspace's trained ctxlm to the self-contained folder `out`; returns its config.
+    An earlier export in `out` is replaced; any other existing file or non-empty folder is refused."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_export(out))):
+        raise CtxlmError(f"{out}: exists and is not an earlier ctxlm export; give a new folder (export replaces only its own)")
     meta, _, _ = load_token_folder(TOKENS)  # verified, like every folder below
     read_manifest(CONTEXT, "train_context")
     read_manifest(TOKEN_MODEL, "train_token")
@@ -129,6 +133,13 @@ def load_export(folder: Path) -> LoadedModel:
     token_model = token_model_from(state, metadata, embedding, str(folder / TOKEN_WEIGHTS), hint).eval()
     tokenizer = load_tokenizer(folder / "tokenizer")
     return LoadedModel(f"ctxlm ({folder})", tokenizer, CtxlmStepper(block, token_model), block, token_model)
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def model_card(config: dict) -> str:

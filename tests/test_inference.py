@@ -281,3 +281,13 @@ def test_a_bad_sampling_argument_on_the_command_line_is_one_error_line(tmp_path,
     result = run_cli("generate", "hello", "--temperature", "-0.5")
     assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
         "ctxlm generate: error: --temperature must be a positive number, got -0.5 (use --greedy for the argmax)"]
+
+
+def test_export_replaces_an_earlier_export_and_refuses_any_other_folder(workspace):
+    assert run_cli("export", "exported").exit_code == 0
+    assert run_cli("export", "exported").exit_code == 0  # its own: replaced
+    (workspace / "notes").mkdir()
+    (workspace / "notes/keep.txt").write_text("mine")
+    result = run_cli("export", "notes")
+    assert result.exit_code == 1 and "notes: exists and is not an earlier ctxlm export" in result.stderr
+    assert (workspace / "notes/keep.txt").read_text() == "mine"
