@@ -107,3 +107,19 @@ def test_every_relative_link_in_the_readme_and_docs_resolves_inside_the_reposito
                 continue
             path = (page.parent / target).resolve()
             assert path.is_relative_to(REPO) and path.exists(), f"{page.name}: {target}"
+
+
+def test_readme_s_seed_intervals_are_the_committed_and_collected_runs():
+    """README's 'ctxlm's test perplexity is M ± H and the LSTM's M ± H': mean and 95% interval of the
+    committed run's figure and those of docs/results/full_size.json's runs of that model."""
+    from ctxlm.report import mean_interval
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    quoted = re.search(r"ctxlm's test perplexity is ([\d.]+) ± ([\d.]+) and the LSTM's ([\d.]+) ± ([\d.]+)", readme)
+    assert quoted, "README no longer quotes the seed intervals"
+    runs = json.loads((REPO / "docs/results/full_size.json").read_text()).values()
+    for model, committed, (mean_text, half_text) in (("ctxlm", "metrics/eval.json", quoted.groups()[:2]),
+                                                     ("lstm", "metrics/baselines/lstm.json", quoted.groups()[2:])):
+        values = [json.loads((REPO / committed).read_text())["test_ppl"]] + [r["metrics"]["test_ppl"] for r in runs if r["model"] == model]
+        mean, half = mean_interval(values)
+        assert (f"{mean:.1f}", f"{half:.1f}") == (mean_text, half_text), model
