@@ -38,7 +38,6 @@ TOKENS, CONTEXT, TOKEN_MODEL = Path("data/tokens"), Path("data/context"), Path("
 
 @dataclass
 class LoadedModel:
-    name: str  # what was loaded, for messages
     tokenizer: object
     stepper: Stepper
     block: ContextBlock | None = None  # ctxlm only: what scoring needs
@@ -66,7 +65,7 @@ def _workspace_model(model: str) -> LoadedModel:
     if model == "ctxlm":
         block, _ = load_context_block(CONTEXT)
         token_model = load_token_model(TOKEN_MODEL, embedding).eval()
-        return LoadedModel("ctxlm (workspace)", tokenizer, CtxlmStepper(block, token_model), block, token_model)
+        return LoadedModel(tokenizer, CtxlmStepper(block, token_model), block, token_model)
     from ctxlm.baselines import load_baseline  # imports transformers' GPT-2: only when asked for
 
     folder = Path("data/baselines") / model
@@ -74,7 +73,7 @@ def _workspace_model(model: str) -> LoadedModel:
         raise CtxlmError(f"--model {model}: {folder} is missing; train it with: dvc repro baselines/dvc.yaml:baseline_neural@{model}")
     baseline = load_baseline(folder, embedding)
     stepper = LSTMStepper(baseline) if model == "lstm" else TransformerStepper(baseline)
-    return LoadedModel(f"{model} baseline (workspace)", tokenizer, stepper)
+    return LoadedModel(tokenizer, stepper)
 
 
 def export_model(out: Path, command: str) -> dict:
@@ -132,7 +131,7 @@ def load_export(folder: Path) -> LoadedModel:
     state, metadata = read_safetensors(folder / TOKEN_WEIGHTS, hint)
     token_model = token_model_from(state, metadata, embedding, str(folder / TOKEN_WEIGHTS), hint).eval()
     tokenizer = load_tokenizer(folder / "tokenizer")
-    return LoadedModel(f"ctxlm ({folder})", tokenizer, CtxlmStepper(block, token_model), block, token_model)
+    return LoadedModel(tokenizer, CtxlmStepper(block, token_model), block, token_model)
 
 
 def _is_export(folder: Path) -> bool:
