@@ -51,14 +51,12 @@ class CachedTransformer:
         return out.cache, torch.nn.functional.linear(hidden, self.weight, self.bias)
 
 
-@torch.no_grad()
 def ctxlm_at(stepper: CtxlmStepper, ids: torch.Tensor):
     """The stepper's state after reading `ids`, through the ContextBlock alone (no logits needed)."""
-    context, window = stepper.initial()
+    state = stepper.initial()
     for token in ids.tolist():
-        window = torch.cat([window[:, 1:], torch.tensor([[token]])], dim=1)
-        context = stepper.block(context, input_features(stepper.model.embedding, window))[:, -1]
-    return context, window
+        state, _ = stepper.advance(state, token)
+    return state
 
 
 def time_steps(read, state, steps: int) -> float:

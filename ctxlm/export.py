@@ -19,8 +19,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from ctxlm.config import flatten_params
 from ctxlm.embedding import load_tokenizer, resolve_model_dir
 from ctxlm.errors import CtxlmError
@@ -84,9 +82,8 @@ def export_model(out: Path, command: str) -> dict:
         raise CtxlmError(f"{out}: exists and is not an earlier ctxlm export; give a new folder (export replaces only its own)")
     meta, _, _ = load_token_folder(TOKENS)  # verified, like every folder below
     read_manifest(CONTEXT, "train_context")
-    read_manifest(TOKEN_MODEL, "train_token")
+    metadata = read_manifest(TOKEN_MODEL, "train_token")["config"]  # train_token writes the weights' metadata here too
     metrics = _read_json(Path("metrics/eval.json"), "evaluate")
-    _, metadata = read_safetensors(TOKEN_MODEL / TOKEN_WEIGHTS, "rerun it with: dvc repro --force train_token")
     config = {
         "format": EXPORT_FORMAT,
         "model": metadata,
@@ -123,10 +120,9 @@ def load_export(folder: Path) -> LoadedModel:
         if not (folder / name).is_file():
             raise CtxlmError(f"{folder}: {name} is missing; export the model again with `ctxlm export`")
     hint = "export the model again with `ctxlm export`"
-    try:
-        embedding = load_file(folder / EMBEDDING)["embedding"]
-    except Exception as err:
-        raise CtxlmError(f"{folder / EMBEDDING}: not a readable safetensors file with an 'embedding' tensor ({err}); {hint}") from None
+    embedding = read_safetensors(folder / EMBEDDING, hint)[0].get("embedding")
+    if embedding is None:
+        raise CtxlmError(f"{folder / EMBEDDING}: holds no 'embedding' tensor; {hint}")
     block, _ = context_block_from(*read_safetensors(folder / CONTEXT_WEIGHTS, hint), str(folder / CONTEXT_WEIGHTS), hint)
     state, metadata = read_safetensors(folder / TOKEN_WEIGHTS, hint)
     token_model = token_model_from(state, metadata, embedding, str(folder / TOKEN_WEIGHTS), hint).eval()

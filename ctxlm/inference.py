@@ -59,13 +59,20 @@ class CtxlmStepper:
         return torch.zeros(1, cfg.context_dim), torch.full((1, cfg.num_input_tokens), PAD)
 
     @torch.no_grad()
-    def read(self, state, token: int):
+    def advance(self, state, token: int):
+        """Read `token` through the ContextBlock alone -> (the new state, (1, L, d_c) C* of this token)."""
         context, window = state
         window = torch.cat([window[:, 1:], torch.tensor([[token]])], dim=1)  # (1, k), oldest first
-        with one_thread():  # vectors of a few hundred numbers; only the head's product is worth the threads
-            layers = self.block(context, input_features(self.model.embedding, window))  # (1, L, d_c): C* of this token
-            hidden = self.model.hidden(layers, window)  # (1, d_e)
-        return (layers[:, -1], window), self.model.logits(hidden)[0].float()
+        with one_thread():  # vectors of a few hundred numbers: waking more threads costs more than it saves
+            layers = self.block(context, input_features(self.model.embedding, window))
+        return (layers[:, -1], window), layers
+
+    @torch.no_grad()
+    def read(self, state, token: int):
+        state, layers = self.advance(state, token)
+        with one_thread():
+            hidden = self.model.hidden(layers, state[1])  # (1, d_e)
+        return state, self.model.logits(hidden)[0].float()  # only the head's product is worth the threads
 
 
 class LSTMStepper:
@@ -230,8 +237,6 @@ def text_to_documents(source: str, one_document: bool = False) -> list[str]:
     path = Path(source)
     if not path.exists():
         raise CtxlmError(f"{source}: no such file or folder")
-    if one_document and path.is_file():
-        return ["\n\n".join(text for _, text in text_documents(path))]
     documents = [text for _, text in (jsonl_documents(path) if path.suffix == ".jsonl" else text_documents(path))]
     return ["\n\n".join(documents)] if one_document else documents
 

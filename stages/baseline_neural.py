@@ -45,9 +45,10 @@ def main(kind: str = typer.Argument(..., help=" | ".join(KINDS)), params_file: P
         result = train_baseline(model, train, val, phase2, device, generator, checkpoint, f"baseline {kind}", sample_seed=params.seed,
                                 on_epoch=curves)
         load_trained_state(model, result.best_state, f"baseline {kind}'s best epoch", "a bug: please report it")
+        metadata = baseline_metadata(model)
         with atomic_dir(Path("data/baselines") / kind) as weights:
-            save_weights(weights, BASELINE_WEIGHTS, result.best_state, baseline_metadata(model))
-            write_manifest(weights, {"config": baseline_metadata(model)})
+            save_weights(weights, BASELINE_WEIGHTS, result.best_state, metadata)
+            write_manifest(weights, {"config": metadata})
         figures = {}
         for split in ("test", "val"):
             data = val if split == "val" else SequenceData(splits[split], seq_len, stride=max(1, seq_len // 2))

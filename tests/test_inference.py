@@ -291,3 +291,16 @@ def test_export_replaces_an_earlier_export_and_refuses_any_other_folder(workspac
     result = run_cli("export", "notes")
     assert result.exit_code == 1 and "notes: exists and is not an earlier ctxlm export" in result.stderr
     assert (workspace / "notes/keep.txt").read_text() == "mine"
+
+
+def test_score_input_is_cut_into_documents_as_data_source_cuts_a_corpus(tmp_path):
+    from ctxlm.inference import text_to_documents
+
+    (tmp_path / "a.txt").write_text("first block\nstill first\n\n  \nsecond block")
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"messages": [{"content": "two"}, {"content": "three"}]}\n')
+    assert text_to_documents(str(tmp_path / "a.txt")) == ["first block\nstill first", "second block"]
+    assert text_to_documents(str(tmp_path / "a.txt"), one_document=True) == ["first block\nstill first\n\nsecond block"]
+    assert text_to_documents(str(tmp_path / "b.jsonl")) == ["one", "two\nthree"]
+    assert text_to_documents(str(tmp_path / "b.jsonl"), one_document=True) == ["one\n\ntwo\nthree"]  # the records' texts, not raw JSON
+    with pytest.raises(CtxlmError, match="no such file or folder"):
+        text_to_documents(str(tmp_path / "missing.txt"))
