@@ -11,7 +11,7 @@ Shapes: S sequences, T = seq_len positions, d_e embedding width, V vocabulary.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2Model
 
+from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
 from ctxlm.metrics import count
 from ctxlm.model import ContextBlock, ModelConfig, TokenBlock, head_parameters, input_features, untied_head
-from ctxlm.phase2 import ChunkedLinearCrossEntropy, Phase2Result, TrainingTask, score_batches, train_epochs
+from ctxlm.phase2 import ChunkedLinearCrossEntropy, Phase2Result, TrainingTask, batch_bounds, score_batches, train_epochs
 from ctxlm.runtime import autocast
 from ctxlm.shards import TokenSplit
 from ctxlm.weights import load_trained_state, load_weights
@@ -192,12 +193,14 @@ class SequenceData:
         targets = torch.where(scored, self.ids[(start + 1).clamp(max=len(self.ids) - 1)], IGNORE)
         return inputs.to(device), targets.to(device)
 
-    def batches(self, order: np.ndarray, sequences: int, device: torch.device):
-        for a in range(0, len(order), sequences):
-            yield self.batch(order[a : a + sequences], device)
+    def batches(self, order: np.ndarray, sizes: int | Sequence[int], device: torch.device):
+        """The batches of consecutive windows of `order`: `sizes` windows each (an int) or the given sizes."""
+        bounds = batch_bounds(len(order), sizes)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            yield self.batch(order[a:b], device)
 
 
-def sequence_loss(model: BaselineLM, inputs: torch.Tensor, targets: torch.Tensor, precision: str, device: torch.device) -> tuple[torch.Tensor, int]:
+def sequence_loss(model: BaselineLM, inputs: torch.Tensor, targets: torch.Tensor, precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy over the scored positions, through phase 2's chunked head."""
     with autocast(precision, device):
         hidden = model.hidden(inputs)
@@ -205,7 +208,7 @@ def sequence_loss(model: BaselineLM, inputs: torch.Tensor, targets: torch.Tensor
     weight, bias = model.head_parameters()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     loss = ChunkedLinearCrossEntropy.apply(hidden[scored].float(), weight, bias, targets[scored], dtype, 128)
-    return loss, int(scored.sum())
+    return loss, scored.sum()
 
 
 @torch.no_grad()
@@ -215,6 +218,7 @@ def evaluate_sequences(model: BaselineLM, data: SequenceData, device: torch.devi
     split, or of the windows `sample`."""
     model.eval()
     order = np.arange(len(data)) if sample is None else sample
+    order = order[distributed.share(len(order))]
     weight, bias = model.head_parameters()
 
     def scored_logits():
@@ -222,7 +226,7 @@ def evaluate_sequences(model: BaselineLM, data: SequenceData, device: torch.devi
             scored = targets != IGNORE
             yield F.linear(model.hidden(inputs)[scored].float(), weight, bias), targets[scored]
 
-    return score_batches(scored_logits(), int((data.lengths[order] - data.skips[order]).sum()), desc)
+    return score_batches(scored_logits(), int((data.lengths[order] - data.skips[order]).sum()), desc, device, shared=True)
 
 
 def window_sample(data: SequenceData, tokens: int, seed: int) -> np.ndarray:
@@ -242,7 +246,7 @@ def train_baseline(model: BaselineLM, train: SequenceData, val: SequenceData, pa
     sample = window_sample(train, val.tokens, sample_seed)
     task = TrainingTask(
         examples=len(train), batch_examples=sequences, tokens=train.tokens,
-        batches=lambda order: train.batches(order, sequences, device),
+        batches=lambda order, sizes: train.batches(order, sizes, device),
         loss=lambda batch: sequence_loss(model, *batch, params.precision, device),
         validate=lambda: evaluate_sequences(model, val, device, desc="validate"),
         measure_train=lambda: evaluate_sequences(model, train, device, desc="train sample", sample=sample),

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import ctxlm
+from ctxlm import distributed
 
 CHECKPOINTS = Path("data/checkpoints")
 STATE = "state.pt"
@@ -41,7 +42,8 @@ class Checkpoint:
     """Save/load one stage's state (a dict of tensors, numbers, strings, lists) atomically.
 
     Saves are written to a temporary file, flushed to disk, then renamed; loading uses
-    torch.load(weights_only=True), which cannot run code from the file."""
+    torch.load(weights_only=True), which cannot run code from the file. With several processes
+    (ctxlm.distributed) every process loads, and the first alone saves and clears."""
 
     def __init__(self, stage: str, inputs: dict, root: Path = CHECKPOINTS):
         self.stage = stage
@@ -53,24 +55,29 @@ class Checkpoint:
     def load(self) -> dict | None:
         """The saved state when it belongs to these inputs; otherwise the folder is emptied and None."""
         path = self.folder / STATE
+        state = None
         if path.is_file():
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # a checkpoint is a cache: an unreadable one is discarded, not fatal
                 print(f"ctxlm {self.stage}: discarding unreadable checkpoint {path} ({err.__class__.__name__})", flush=True)
-                state = None
-            if state is not None and state.get("fingerprint") == self.fingerprint:
-                return state
-            if state is not None:
+            if state is not None and state.get("fingerprint") != self.fingerprint:
                 print(f"ctxlm {self.stage}: discarding the checkpoint of a run with other params, inputs or code", flush=True)
-        self.clear()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return None
+                state = None
+        distributed.barrier()  # every process has read it before the first may clear it
+        if state is None:
+            self.clear()
+            if distributed.is_main():
+                self.folder.mkdir(parents=True, exist_ok=True)
+            distributed.barrier()
+        return state
 
     def due(self) -> bool:
         return time.monotonic() - self.last_save >= self.every_s
 
     def save(self, state: dict) -> None:
+        if not distributed.is_main():
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / STATE
         tmp = path.with_name(f".{STATE}.tmp-{os.getpid()}")
@@ -82,4 +89,5 @@ class Checkpoint:
         self.last_save = time.monotonic()
 
     def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if distributed.is_main():
+            shutil.rmtree(self.folder, ignore_errors=True)

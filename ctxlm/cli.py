@@ -18,19 +18,37 @@ DEBUG_OPTION = typer.Option(False, "--debug", help="show the traceback of an err
 
 @contextlib.contextmanager
 def stage_run(name: str, debug: bool, timing: bool = True):
-    """Time a stage body (a last line, unless not `timing`); a CtxlmError becomes one line on stderr and exit status 1."""
+    """Time a stage body (a last line, unless not `timing`); a CtxlmError becomes one line on stderr and exit status 1.
+    Under torchrun the body runs in each process, joined into one process group (ctxlm.distributed)."""
     start = time.perf_counter()
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # read here: this module must not import torch
+    where = f"{name} (process {os.environ.get('RANK', '0')} of {os.environ['WORLD_SIZE']})" if launched else name
     try:
+        if launched:
+            from ctxlm import distributed
+
+            distributed.start()
         yield
     except CtxlmError as err:
         if debug or os.environ.get("CTXLM_DEBUG") == "1":
             raise
-        print(f"ctxlm {name}: error: {err}", file=sys.stderr)
+        print(f"ctxlm {where}: error: {err}", file=sys.stderr)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        print(f"ctxlm {name}: interrupted; nothing was marked done", file=sys.stderr)
+        print(f"ctxlm {where}: interrupted; nothing was marked done", file=sys.stderr)
         raise typer.Exit(130) from None
-    if timing:
+    except RuntimeError as err:
+        from torch.distributed import DistError
+
+        if not launched or not isinstance(err, DistError):
+            raise
+        # another process died mid-collective; ctxlm.launch names it
+        print(f"ctxlm {where}: stopped: another process left ({str(err).splitlines()[0][:200]})", file=sys.stderr)
+        raise typer.Exit(1) from None
+    finally:
+        if launched:
+            distributed.stop()
+    if timing and os.environ.get("RANK", "0") == "0":
         print(f"ctxlm {name}: done in {time.perf_counter() - start:.1f} s", flush=True)
 
 

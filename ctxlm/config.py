@@ -63,6 +63,9 @@ class Phase1Params(_Section):
     convergence_threshold: float = Field(0.03, gt=0.0)
     early_stop_convergence: float = Field(0.9, gt=0.0, le=1.0)
     batch_tokens: int = Field(5000, ge=1)
+    max_tokens: int = Field(500_000, ge=1)
+    """Phase 1 trains on a seeded sample of whole training documents of at most this many tokens
+    (all of them when the split is smaller): its memory and time grow with its tokens. C* and phase 2 use every token."""
     init_std: float = Field(0.1, ge=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
 
@@ -95,6 +98,16 @@ class EvaluateParams(_Section):
     rank_rows: int = Field(10_000, ge=2)
 
 
+class RuntimeParams(_Section):
+    processes: int = Field(1, ge=1, le=1024)
+    """Processes per machine for train_context, generate_cstar, train_token and the neural baselines:
+    dvc.yaml passes it to torchrun (ctxlm.launch); one per GPU, or a share of the CPU cores each."""
+    tf32: bool = True
+    """On CUDA, fp32 matrix products in TF32 (tensor cores, 10-bit mantissa); no effect on a CPU."""
+    compile: bool = False
+    """torch.compile the TokenBlock and the baselines' bodies for training (the first steps compile)."""
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0)
     data: DataParams = DataParams()
@@ -105,6 +118,7 @@ class Params(_Section):
     phase2: Phase2Params = Phase2Params()
     evaluate: EvaluateParams = EvaluateParams()
     baselines: BaselinesParams = BaselinesParams()
+    runtime: RuntimeParams = RuntimeParams()
 
     @model_validator(mode="after")
     def _patience_fits(self) -> "Params":

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import CstarParams
 from ctxlm.errors import CtxlmError
@@ -167,25 +168,38 @@ def generate_split(
     """Write the exact C* of every token of `tokens` as .npy shards in `folder`, in token order,
     stored as `dtype` (computed in fp32, rounded once when stored); returns the shard list for the
     manifest. The first len(done) shards are taken as already in `folder` (a resumed run);
-    `on_shard(entry)` is called once each new shard is complete on disk."""
+    `on_shard(entry)` is called once each new shard is complete on disk. With several processes
+    (ctxlm.distributed) they take the shards in turn, a round of one shard each at a time, and
+    `on_shard` follows each round, in the first process only."""
     device = next(block.parameters()).device
     windows = split_windows(tokens, block.cfg.num_input_tokens).to(device)
     L, d_c = block.cfg.num_layers, block.cfg.context_dim
     shards = list(done)
+    ranges = shard_ranges(tokens.offsets, shard_tokens)
     bar = progress(total=len(tokens), initial=sum(s["rows"] for s in shards), desc=desc, unit="tok", unit_scale=True)
-    for first, end in shard_ranges(tokens.offsets, shard_tokens)[len(shards) :]:
-        a, b = int(tokens.offsets[first]), int(tokens.offsets[end])
-        name = f"shard-{len(shards):05d}.npy"
-        out = np.lib.format.open_memmap(folder / name, mode="w+", dtype=CSTAR_STORAGE[dtype], shape=(b - a, L, d_c))
-        cstar_into(block, embedding, windows[a:b], tokens.offsets[first : end + 1] - a, out, bar.update)
-        out.flush()
-        for doc in sorted({first, end - 1}):  # the first and the last document: the last must start from a reset context
-            start, stop = int(tokens.offsets[doc]), int(tokens.offsets[doc + 1])
-            check_against_oracle(block, embedding, windows[start:stop], out[start - a : stop - a], f"{desc}, {name}, document {doc}")
-        del out
-        shards.append({"file": name, "rows": b - a})
-        if on_shard:
-            on_shard(shards[-1])
+    processes = distributed.world()
+    for round_start in range(len(shards), len(ranges), processes):
+        this_round = []
+        for index in range(round_start, min(round_start + processes, len(ranges))):
+            first, end = ranges[index]
+            a, b = int(tokens.offsets[first]), int(tokens.offsets[end])
+            this_round.append({"file": f"shard-{index:05d}.npy", "rows": b - a})
+            if index - round_start != distributed.rank():
+                continue
+            name = this_round[-1]["file"]
+            out = np.lib.format.open_memmap(folder / name, mode="w+", dtype=CSTAR_STORAGE[dtype], shape=(b - a, L, d_c))
+            cstar_into(block, embedding, windows[a:b], tokens.offsets[first : end + 1] - a, out, bar.update)
+            out.flush()
+            for doc in sorted({first, end - 1}):  # the first and the last document: the last must start from a reset context
+                start, stop = int(tokens.offsets[doc]), int(tokens.offsets[doc + 1])
+                check_against_oracle(block, embedding, windows[start:stop], out[start - a : stop - a], f"{desc}, {name}, document {doc}")
+            del out
+        distributed.barrier()  # the round's shards are all on disk
+        bar.update(sum(entry["rows"] for entry in this_round[1:]))  # the other processes' shards
+        shards += this_round
+        if on_shard and distributed.is_main():
+            for entry in this_round:
+                on_shard(entry)
     bar.close()
     return shards
 
@@ -241,7 +255,8 @@ def write_cstar(
     """The C* of every split -> `final`/<split>/ shards with manifests; returns tokens/s per split.
 
     Shards are written into the checkpoint's folder and recorded (with their checksum) as each one
-    completes, so a killed run redoes at most one shard; the splits move into `final` when all are done."""
+    completes, so a killed run redoes at most one shard (per process); the splits move into `final`
+    when all are done. With several processes, every process returns the rates; the first writes."""
     cfg = block.cfg
     state = checkpoint.load() or {"done": {split: [] for split in splits}}
     for split in splits:
@@ -263,9 +278,12 @@ def write_cstar(
 
         done = [{"file": e["file"], "rows": e["rows"]} for e in state["done"][split]]
         shards = generate_split(block, embedding, tokens, folder, params.shard_tokens, f"C* {split}", params.dtype, done, record)
-        checksums = {entry["file"]: entry["sha256"] for entry in state["done"][split]}
-        write_manifest(folder, {"config": cfg.to_metadata(), "rows": len(tokens), "dtype": params.dtype, "shards": shards}, checksums)
+        if distributed.is_main():
+            checksums = {entry["file"]: entry["sha256"] for entry in state["done"][split]}
+            write_manifest(folder, {"config": cfg.to_metadata(), "rows": len(tokens), "dtype": params.dtype, "shards": shards}, checksums)
         rates[f"{split}_tokens_per_s"] = round(len(tokens) / (time.perf_counter() - start))
+    if not distributed.is_main():
+        return rates
     with atomic_dir(final) as out:
         for split in splits:
             os.replace(checkpoint.folder / split, out / split)

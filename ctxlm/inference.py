@@ -216,7 +216,7 @@ def score_tokens(block: ContextBlock, model: TokenModel, tokens: TokenizedSplit)
             logprobs.append(torch.log_softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0].double().numpy())
             yield logits, targets
 
-    loss, accuracy = score_batches(batches(), len(positions), "score")
+    loss, accuracy = score_batches(batches(), len(positions), "score", torch.device("cpu"))
     document = np.searchsorted(offsets, positions, side="right") - 1
     return Scores(document, positions + 1 - offsets[document], ids[positions + 1].numpy(), np.concatenate(logprobs),
                   loss, accuracy, tokens.predicted_bytes, tokens.predicted_chars)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase1Params
 from ctxlm.errors import CtxlmError
@@ -40,6 +41,44 @@ class Phase1Result:
     history: list[dict]
 
 
+def sample_documents(offsets: np.ndarray, max_tokens: int, seed: int) -> np.ndarray:
+    """The documents phase 1 trains on (sorted indices): all when they hold at most `max_tokens`
+    tokens; else whole documents in a seeded random order, each one taken if it still fits, until
+    no more tokens fit. Bounds phase 1's memory and time, which grow with its tokens."""
+    lengths = np.diff(offsets)
+    if lengths.sum() <= max_tokens:
+        return np.arange(len(lengths))
+    chosen, total = [], 0
+    for doc in np.random.default_rng(seed).permutation(len(lengths)):
+        if total + lengths[doc] <= max_tokens:
+            chosen.append(doc)
+            total += int(lengths[doc])
+    if not chosen:
+        raise CtxlmError(f"phase1.max_tokens is {max_tokens:,}, shorter than every training document (the shortest has "
+                         f"{int(lengths.min()):,} tokens); raise it")
+    return np.sort(np.asarray(chosen))
+
+
+def document_rows(offsets: np.ndarray, documents: np.ndarray) -> np.ndarray:
+    """The token indices of `documents` (sorted), in order."""
+    return np.concatenate([np.arange(offsets[d], offsets[d + 1]) for d in documents]) if len(documents) else np.zeros(0, dtype=np.int64)
+
+
+def process_rows(n: int, batch_tokens: int) -> tuple[slice, list[np.ndarray]]:
+    """The tokens this process trains on in phase 1, and its mini-batches (indices into those rows).
+
+    The stream's mini-batches are the same for any number of processes (consecutive, equal, about
+    `batch_tokens` each: the OACD loss of a batch depends on which tokens it holds); each process
+    takes a contiguous share of them."""
+    batches = np.array_split(np.arange(n), math.ceil(n / batch_tokens))
+    if len(batches) < distributed.world():
+        raise CtxlmError(f"phase 1 cuts the {n:,} training tokens into {len(batches)} mini-batches (phase1.batch_tokens "
+                         f"{batch_tokens}), fewer than the {distributed.world()} processes; lower phase1.batch_tokens or runtime.processes")
+    mine = batches[distributed.share(len(batches))]
+    lo, hi = int(mine[0][0]), int(mine[-1][-1]) + 1
+    return slice(lo, hi), [idx - lo for idx in mine]
+
+
 def train_context_block(
     block: ContextBlock,
     x: torch.Tensor,
@@ -53,15 +92,22 @@ def train_context_block(
 
     Each iteration recomputes every context in parallel from the previous iteration's contexts
     (plus Gaussian noise, not at document starts), sums the OACD loss over equal mini-batches
-    weighted by their size, clips the gradient and takes one Adam step. With a checkpoint, the state
-    after an iteration (weights, Adam, the noise generator, the contexts) is saved every few
-    minutes, and a killed run resumes from it exactly. `on_iteration(history)` follows every
-    iteration (the history holds a dict per iteration so far, from the checkpoint's too when resumed)."""
+    weighted by their size, clips the gradient and takes one Adam step. With several processes
+    (ctxlm.distributed) each keeps and recomputes the contexts of its share of the mini-batches
+    (process_rows), takes the last context of the share before it, and the gradients are summed
+    over the processes before the step: the same arithmetic as one process, to rounding.
+
+    With a checkpoint, the state after an iteration (weights, Adam, the noise generator, the
+    contexts, these in a memory-mapped file that each process writes its rows of) is saved every few
+    minutes, and a killed run resumes from it exactly, with any number of processes.
+    `on_iteration(history)` follows every iteration (the history holds a dict per iteration so far,
+    from the checkpoint's too when resumed)."""
     n = x.shape[0]
     d_c = block.cfg.context_dim
     device = x.device
-    contexts = (torch.randn(n, d_c, generator=generator) * params.init_std).to(device)  # iteration 0
-    batches = np.array_split(np.arange(n), math.ceil(n / params.batch_tokens))
+    rows, batches = process_rows(n, params.batch_tokens)
+    x, doc_starts = x[rows], doc_starts[rows]
+    contexts = (torch.randn(n, d_c, generator=generator)[rows] * params.init_std).to(device)  # iteration 0, (n_mine, d_c)
     optimizer = torch.optim.Adam(block.parameters(), lr=params.lr)
     not_start = (~doc_starts).unsqueeze(1).float()
     history: list[dict] = []
@@ -71,47 +117,61 @@ def train_context_block(
         block.load_state_dict(saved["block"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["rng"])
-        contexts, history, seconds_before = saved["contexts"].to(device), saved["history"], saved["seconds"]
-        print(f"train_context: resuming from {checkpoint.folder} after iteration {len(history)}", flush=True)
+        history, seconds_before = saved["history"], saved["seconds"]
+        contexts = torch.from_numpy(np.array(np.load(checkpoint.folder / saved["contexts_file"], mmap_mode="r")[rows])).to(device)
+        if distributed.is_main():
+            print(f"train_context: resuming from {checkpoint.folder} after iteration {len(history)}", flush=True)
     start = time.perf_counter()
     bar = progress(range(len(history) + 1, params.max_iterations + 1), initial=len(history), total=params.max_iterations, desc="phase 1", unit="it")
     for iteration in bar:
         if history and history[-1]["convergence_rate"] >= params.early_stop_convergence:
             break
-        prev = previous_contexts(contexts, doc_starts)
+        before = distributed.previous_row(contexts[-1])  # the context before this share's first token
+        prev = previous_contexts(torch.cat([before[None], contexts]), torch.cat([doc_starts[:1], doc_starts]))[1:]
         if params.context_noise > 0:
-            prev += torch.randn(n, d_c, generator=generator).to(device) * params.context_noise * not_start
+            noise = torch.randn(n, d_c, generator=generator)[rows]  # drawn whole: the same noise for any number of processes
+            prev += noise.to(device) * params.context_noise * not_start
         optimizer.zero_grad(set_to_none=True)
         new = torch.empty_like(contexts)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for idx in batches:
             idx = torch.from_numpy(idx).to(device)
             with autocast(params.precision, device):
                 out = block(prev[idx], x[idx])[:, -1]  # (B, d_c) final layer
             out = out.float()
             loss = oacd_loss(out, params.centroid_weight) * (len(idx) / n)
-            if not torch.isfinite(loss):
-                raise CtxlmError(
-                    f"train_context: the OACD loss became {loss.item()} at iteration {iteration}; "
-                    f"lower phase1.lr (now {params.lr}) or phase1.context_noise (now {params.context_noise})"
-                )
             loss.backward()
-            total += loss.item()
+            total += loss.detach().double()
             new[idx] = out.detach()
+        moved = (new - contexts).square().mean(dim=1)  # (n_mine,) per-token MSE since last iteration
+        sums = distributed.all_sum(torch.stack([total, (moved < params.convergence_threshold).sum().double()]))
+        loss_sum, converged = sums.tolist()
+        if not math.isfinite(loss_sum):
+            raise CtxlmError(
+                f"train_context: the OACD loss became {loss_sum} at iteration {iteration}; "
+                f"lower phase1.lr (now {params.lr}) or phase1.context_noise (now {params.context_noise})"
+            )
+        for p in block.parameters():
+            distributed.all_sum(p.grad)
         grad_norm = torch.nn.utils.clip_grad_norm_(block.parameters(), params.gradient_clip)
         if not torch.isfinite(grad_norm):
             raise CtxlmError(f"train_context: the gradient became {grad_norm.item()} at iteration {iteration}; lower phase1.lr")
         optimizer.step()
-        moved = (new - contexts).square().mean(dim=1)  # (N,) per-token MSE since last iteration
-        convergence = (moved < params.convergence_threshold).float().mean().item()
+        convergence = float(np.float32(converged) / np.float32(n))  # as a float32 mean of the 0/1 flags: earlier runs' figures stand
         contexts = new
-        history.append({"iteration": iteration, "loss": total, "convergence_rate": convergence})
-        if on_iteration:
+        history.append({"iteration": iteration, "loss": loss_sum, "convergence_rate": convergence})
+        if on_iteration and distributed.is_main():
             on_iteration(history)
-        bar.set_postfix(loss=f"{total:.4f}", converged=f"{convergence:.1%}", refresh=False)
-        if checkpoint and checkpoint.due():
+        bar.set_postfix(loss=f"{loss_sum:.4f}", converged=f"{convergence:.1%}", refresh=False)
+        if checkpoint and distributed.agree(checkpoint.due()):
+            name = f"contexts-{iteration:05d}.npy"
+            distributed.write_rows(checkpoint.folder / name, contexts.cpu().numpy(), rows, n)
             checkpoint.save({"block": block.state_dict(), "optimizer": optimizer.state_dict(), "rng": generator.get_state(),
-                             "contexts": contexts.cpu(), "history": history, "seconds": seconds_before + time.perf_counter() - start})
+                             "contexts_file": name, "history": history, "seconds": seconds_before + time.perf_counter() - start})
+            if distributed.is_main():
+                for old in checkpoint.folder.glob("contexts-*.npy"):
+                    if old.name != name:
+                        old.unlink()
     bar.close()
     return Phase1Result(
         iterations=len(history),

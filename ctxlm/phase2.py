@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
 from ctxlm.cstar import split_windows
@@ -48,7 +51,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             target = targets[rows]
             total += (lse - logits.gather(1, target[:, None])[:, 0]).sum()
             probs = logits.sub_(lse[:, None]).exp_()
-            probs[torch.arange(len(target)), target] -= 1.0
+            probs[torch.arange(len(target), device=probs.device), target] -= 1.0
             probs /= n  # d(mean loss) / d logits
             grad_hidden[rows] = (probs.to(dtype) @ w).float()
             if grad_weight is not None:
@@ -112,25 +115,38 @@ class SplitData:
 
     def _examples(self, positions: np.ndarray, contexts: torch.Tensor, device: torch.device):
         index = torch.from_numpy(positions).long()
-        return contexts.to(device), self.windows[index].long().to(device), self.targets[index].long().to(device)
+        batch = (contexts, self.windows[index].long(), self.targets[index].long())
+        if device.type == "cuda":  # from pinned memory, a copy to the GPU does not wait for the GPU's queue
+            return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
+        return batch
 
     def batch(self, positions: np.ndarray, device: torch.device):
         """-> (B, L, d_c) C*, (B, k) windows, (B,) targets."""
         return self._examples(positions, self.cstar.gather(positions), device)
 
-    def batches(self, order: np.ndarray, batch_size: int, device: torch.device):
-        """The batches of consecutive `batch_size` examples of `order` (indices into positions).
-        C* is read about LOAD_BYTES at a time, in file order, and decoded a batch at a time."""
-        load = batch_size * max(1, LOAD_BYTES // (self.cstar.row_bytes * batch_size))
-        for a in range(0, len(order), load):
-            positions = self.positions[order[a : a + load]]
+    def batches(self, order: np.ndarray, sizes: int | Sequence[int], device: torch.device):
+        """The batches of consecutive examples of `order` (indices into positions): `sizes` examples
+        each (an int) or the given sizes. C* is read about LOAD_BYTES at a time, in file order, and
+        decoded a batch at a time."""
+        bounds = batch_bounds(len(order), sizes)
+        per_load = max(1, LOAD_BYTES // (self.cstar.row_bytes * max(1, int(np.diff(bounds).max(initial=1)))))
+        for g in range(0, len(bounds) - 1, per_load):
+            group = bounds[g : g + per_load + 1]
+            positions = self.positions[order[group[0] : group[-1]]]
             ordered, where = np.unique(positions, return_inverse=True)
             stored = self.cstar.read(ordered)
-            for b in range(0, len(positions), batch_size):
-                rows = where[b : b + batch_size]
-                yield self._examples(positions[b : b + batch_size], decode_cstar(stored[rows]), device)
+            for a, b in zip(group[:-1] - group[0], group[1:] - group[0]):
+                yield self._examples(positions[a:b], decode_cstar(stored[where[a:b]]), device)
             del stored
             release_free_memory()
+
+
+def batch_bounds(n: int, sizes: int | Sequence[int]) -> np.ndarray:
+    """Offsets [0, ..., n] of consecutive batches of n items: `sizes` items each (an int, the last
+    batch smaller), or the given sizes."""
+    if isinstance(sizes, int):
+        return np.append(np.arange(0, n, sizes), n) if n else np.zeros(1, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
 
 
 @torch.no_grad()
@@ -140,22 +156,29 @@ def evaluate_split(model: TokenModel, data: SplitData, device: torch.device, bat
     over the examples `sample` (sorted indices into data.positions)."""
     model.eval()
     order = np.arange(len(data)) if sample is None else sample
+    order = order[distributed.share(len(order))]
     batches = ((model(contexts, windows), targets) for contexts, windows, targets in data.batches(order, batch, device))
-    return score_batches(batches, len(order), desc)
+    return score_batches(batches, len(order), desc, device, shared=True)
 
 
-def score_batches(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], positions: int, desc: str) -> tuple[float, float]:
+def score_batches(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], positions: int, desc: str,
+                  device: torch.device, shared: bool = False) -> tuple[float, float]:
     """Mean cross-entropy (nats) and argmax accuracy, in fp32, of (logits, targets) batches that
-    hold `positions` positions in all: the scoring that ctxlm and the neural baselines share."""
-    loss_sum, correct, scored = 0.0, 0, 0
+    hold `positions` positions in all: the scoring that ctxlm and the neural baselines share.
+    The sums stay on `device`, the logits' device, until the end (no wait for it per batch); `shared`: the
+    batches are this process's share of the positions, and the sums are added over the processes."""
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, scored
     bar = progress(total=positions, desc=desc, unit="tok", unit_scale=True, leave=False)
     for logits, targets in batches:
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == targets).sum().item()
-        scored += len(targets)
+        totals[0] += F.cross_entropy(logits, targets, reduction="sum").double()
+        totals[1] += (logits.argmax(dim=1) == targets).sum()
+        totals[2] += len(targets)
         bar.update(len(targets))
     bar.close()
+    if shared:
+        distributed.all_sum(totals)
+    loss_sum, correct, scored = totals.tolist()
     return loss_sum / scored, correct / scored
 
 
@@ -196,8 +219,8 @@ class TrainingTask:
     examples: int  # items an epoch shuffles (positions, or sequences of positions)
     batch_examples: int  # items per optimizer step
     tokens: int  # predicted tokens per epoch: the train loss is per token
-    batches: Callable[[np.ndarray], Iterator]  # an order of items -> its batches, batch_examples items each
-    loss: Callable[[object], tuple[torch.Tensor, int]]  # a batch -> (mean loss, tokens it predicts)
+    batches: Callable[[np.ndarray, list[int]], Iterator]  # (items in order, batch sizes) -> the batches
+    loss: Callable[[object], tuple[torch.Tensor, int | torch.Tensor]]  # a batch -> (mean loss, tokens it predicts)
     validate: Callable[[], tuple[float, float]]  # -> (validation loss, validation accuracy)
     measure_train: Callable[[], tuple[float, float]]  # -> (loss, accuracy) on a fixed sample of training examples, fp32
 
@@ -224,11 +247,37 @@ def train_token_model(
     sample = seeded_sample(len(train), len(val), sample_seed)
     task = TrainingTask(
         examples=len(train), batch_examples=params.batch_size, tokens=len(train),
-        batches=lambda order: train.batches(order, params.batch_size, device), loss=loss,
+        batches=lambda order, sizes: train.batches(order, sizes, device), loss=loss,
         validate=lambda: evaluate_split(model, val, device, desc="validate"),
         measure_train=lambda: evaluate_split(model, train, device, desc="train sample", sample=sample),
     )
     return train_epochs(model, task, params, generator, checkpoint, "train_token", on_epoch)
+
+
+class Objective(nn.Module):
+    """A training step's loss as a module's forward: the form DistributedDataParallel wraps.
+
+    Each process computes the mean loss of its share of the batch; DDP averages the processes'
+    gradients, so the loss is scaled by (its tokens x processes / the batch's tokens): the average is
+    then the gradient of the whole batch's mean loss, as one process computes it. Also returns
+    (loss x tokens, tokens) of the share, for the epoch's running loss."""
+
+    def __init__(self, model: nn.Module, loss: Callable[[object], tuple[torch.Tensor, int | torch.Tensor]]):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(batch[-1]):
+            loss, tokens = self.loss(batch)
+        else:  # a last batch with fewer examples than processes: this one joins with zero gradients
+            loss, tokens = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0, 0
+        # a count made on the device (new_full), not copied to it: a copy from the host would wait for the GPU
+        tokens = loss.new_full((), tokens, dtype=torch.float64) if isinstance(tokens, int) else tokens.double()
+        totals = torch.stack([loss.detach().double() * tokens, tokens])
+        if distributed.world() > 1:
+            loss = loss * (tokens * distributed.world() / distributed.all_sum(tokens.clone())).float()
+        return loss, totals
 
 
 def train_epochs(
@@ -257,7 +306,8 @@ def train_epochs(
         load_trained_state(model, saved["model"], str(checkpoint.folder), f"delete that folder and rerun {name}")
         optimizer.load_state_dict(saved["optimizer"])
         run = saved["run"]
-        print(f"{name}: resuming from {checkpoint.folder} at epoch {run['epoch']}, step {run['step']}", flush=True)
+        if distributed.is_main():
+            print(f"{name}: resuming from {checkpoint.folder} at epoch {run['epoch']}, step {run['step']}", flush=True)
     start, seconds_before = time.perf_counter(), run["seconds"]
 
     def save() -> None:
@@ -265,31 +315,50 @@ def train_epochs(
             run["seconds"] = seconds_before + time.perf_counter() - start
             checkpoint.save({"model": trained_state(model), "optimizer": optimizer.state_dict(), "run": run})
 
+    device = next(model.parameters()).device
+    step = Objective(model, task.loss)
+    if distributed.world() > 1:
+        step = DistributedDataParallel(step)
+    # The losses are summed on the device and read (a wait for the device) every `flush_every` steps
+    # and at the epoch's end: every step on a CPU, where reading costs nothing and a NaN is caught
+    # at its step; less often on a GPU, whose queue of work a read would drain.
+    flush_every = 1 if device.type == "cpu" else 50
+    pending = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, tokens since the last read
+
+    def flush(epoch: int) -> None:
+        nonlocal pending
+        loss_sum, tokens = distributed.all_sum(pending).tolist()
+        pending = torch.zeros_like(pending)
+        if not math.isfinite(loss_sum):
+            raise CtxlmError(
+                f"{name}: loss became {loss_sum} at epoch {epoch}, step {run['step']}; "
+                f"lower phase2.lr (now {params.lr}) or use phase2.precision: fp32"
+            )
+        run["loss_sum"] += loss_sum
+        if tokens:
+            bar.set_postfix(loss=f"{loss_sum / tokens:.3f}", refresh=False)
+
     steps_per_epoch = math.ceil(task.examples / task.batch_examples)
     while run["epoch"] <= params.epochs and not run["stopped"]:
         epoch = run["epoch"]
         generator.set_state(run["epoch_rng"])
         order = block_shuffled_order(task.examples, generator)
+        mine, sizes = distributed.share_of_batches(order[run["step"] * task.batch_examples :], task.batch_examples)
         model.train()
         bar = progress(total=steps_per_epoch, initial=run["step"], desc=f"{name} epoch {epoch}/{params.epochs}", unit="step")
-        for batch in task.batches(order[run["step"] * task.batch_examples :]):
-            loss, tokens = task.loss(batch)
-            if not torch.isfinite(loss):
-                raise CtxlmError(
-                    f"{name}: loss became {loss.item()} at epoch {epoch}, step {run['step'] + 1}; "
-                    f"lower phase2.lr (now {params.lr}) or use phase2.precision: fp32"
-                )
+        for batch in task.batches(mine, sizes):
+            loss, totals = step(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, params.gradient_clip)
             optimizer.step()
-            run["loss_sum"] += loss.item() * tokens
+            pending += totals
             run["step"] += 1
-            if run["step"] % 50 == 1:
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             bar.update()
-            if checkpoint and checkpoint.due():
-                save()
+            if run["step"] % flush_every == 0 or run["step"] == steps_per_epoch:
+                flush(epoch)
+                if checkpoint and checkpoint.due():
+                    save()
         bar.close()
         running_loss = run["loss_sum"] / task.tokens
         train_loss, train_acc = task.measure_train()
@@ -301,9 +370,10 @@ def train_epochs(
             {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss), "train_acc": train_acc,
              "running_train_ppl": math.exp(running_loss), "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_acc": val_acc}
         )
-        if on_epoch:
+        if on_epoch and distributed.is_main():
             on_epoch(run["history"])
-        print(f"{name} epoch {epoch}: train ppl {math.exp(train_loss):.1f}, val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}", flush=True)
+        if distributed.is_main():
+            print(f"{name} epoch {epoch}: train ppl {math.exp(train_loss):.1f}, val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}", flush=True)
         if val_loss < run["best_loss"]:
             run.update(best_loss=val_loss, best_epoch=epoch, stale=0, best_state=trained_state(model))
         else:

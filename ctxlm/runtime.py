@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ctxlm import distributed
+
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 
@@ -28,9 +30,20 @@ def release_free_memory() -> None:
 
 
 def pick_device() -> torch.device:
-    """CUDA when available; CTXLM_DEVICE=cpu|cuda|cuda:N overrides."""
-    name = os.environ.get("CTXLM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when available (under torchrun, this process's GPU: cuda:LOCAL_RANK); CTXLM_DEVICE=cpu|cuda|cuda:N overrides."""
+    name = os.environ.get("CTXLM_DEVICE") or (f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def configure_device(runtime, device: torch.device, modules: list[torch.nn.Module] = ()) -> None:
+    """Apply the params' runtime section: TF32 matrix products on CUDA (runtime.tf32), and
+    torch.compile of `modules` in place, keeping their parameter names (runtime.compile)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = runtime.tf32
+        torch.backends.cudnn.allow_tf32 = runtime.tf32
+    if runtime.compile:
+        for module in modules:
+            module.compile()
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -59,8 +72,10 @@ def autocast(precision: str, device: torch.device):
 
 
 def progress(iterable=None, **kwargs) -> tqdm:
-    """A tqdm bar with rate and ETA; in a log (no terminal) it updates every 30 s instead of live."""
+    """A tqdm bar with rate and ETA; in a log (no terminal) it updates every 30 s instead of live.
+    With several processes only the first shows its bars."""
     interactive = sys.stderr.isatty()
+    kwargs.setdefault("disable", not distributed.is_main())
     kwargs.setdefault("mininterval", 0.5 if interactive else 30.0)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, file=sys.stderr, **kwargs)

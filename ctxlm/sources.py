@@ -18,6 +18,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -84,28 +85,41 @@ def record_text(record: dict, where: str) -> str:
     raise CtxlmError(f"{where}: record has neither a 'text' string nor a 'messages' list (keys: {sorted(record)})")
 
 
-def text_documents(path: Path) -> list[tuple[str, str]]:
+def text_documents(path: Path) -> Iterator[tuple[str, str]]:
+    """A folder: one document per .txt file (sorted by name). A file: one per block of lines between
+    blank (whitespace-only) lines, read line by line, never whole."""
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:
             raise CtxlmError(f"data.source: folder '{path}' holds no .txt files")
-        return [(str(f.relative_to(path)), _read_text(f)) for f in files]
-    blocks = re.split(r"\n\s*\n", _read_text(path))
-    return [(f"{path.name}#{i}", block) for i, block in enumerate(blocks)]
+        for f in files:
+            yield str(f.relative_to(path)), "".join(_text_lines(f))
+        return
+    block: list[str] = []
+    index = 0
+    for line in _text_lines(path):
+        if line.strip():
+            block.append(line)
+        elif block:
+            yield f"{path.name}#{index}", "".join(block).removesuffix("\n")
+            block, index = [], index + 1
+    if block:
+        yield f"{path.name}#{index}", "".join(block).removesuffix("\n")
 
 
-def _read_text(path: Path) -> str:
+def _text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file, each with its newline; a clear error for other bytes."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if "\x00" in line:  # valid UTF-8 but not text: a binary file
+                    raise CtxlmError(f"data.source: '{path}' looks binary (a NUL character on line {number}), not text")
+                yield line
     except UnicodeDecodeError as err:
-        raise CtxlmError(f"data.source: '{path}' is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    if "\x00" in text:  # valid UTF-8 but not text: a binary file
-        raise CtxlmError(f"data.source: '{path}' looks binary (a NUL character at offset {text.index(chr(0))}), not text")
-    return text
+        raise CtxlmError(f"data.source: '{path}' is not UTF-8 text ({err.reason} at byte {err.start} of a block)") from None
 
 
-def jsonl_documents(path: Path) -> list[tuple[str, str]]:
-    docs = []
+def jsonl_documents(path: Path) -> Iterator[tuple[str, str]]:
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -117,11 +131,11 @@ def jsonl_documents(path: Path) -> list[tuple[str, str]]:
                 raise CtxlmError(f"{where}: not valid JSON ({err.msg})") from None
             if not isinstance(record, dict):
                 raise CtxlmError(f"{where}: expected a JSON object")
-            docs.append((where, record_text(record, where)))
-    return docs
+            yield where, record_text(record, where)
 
 
-def hf_documents(spec: str) -> list[tuple[str, str]]:
+def hf_documents(spec: str) -> Iterator[tuple[str, str]]:
+    """A `datasets` dataset, row by row (its Arrow files are memory-mapped: never read whole)."""
     name, _, split = spec[len(HF_PREFIX):].partition(":")
     split = split or "train"
     import datasets  # imported here: slow, and only this source needs it
@@ -130,41 +144,79 @@ def hf_documents(spec: str) -> list[tuple[str, str]]:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as err:  # datasets raises many types for "not found" and "offline"
         raise CtxlmError(f"data.source: cannot load dataset '{name}' split '{split}': {err}") from None
-    return [(f"{name}:{split}:{i}", record_text(record, f"{name}:{split} row {i}")) for i, record in enumerate(dataset)]
+    for i, record in enumerate(dataset):
+        yield f"{name}:{split}:{i}", record_text(record, f"{name}:{split} row {i}")
 
 
-def split_documents(docs: list[tuple[str, str]], val_fraction: float, test_fraction: float, seed: int) -> pd.DataFrame:
-    """Documents in corpus order, a seeded random ceil(fraction * D) of them (at least one each)
-    held out for validation and, disjoint from those, for test."""
-    docs = [(title, text) for title, text in docs if text.strip()]
-    if len(docs) < 3:
-        raise CtxlmError(f"data.source: the corpus has {len(docs)} non-empty document(s); need at least 3 (train, validation and test)")
-    n_val = max(1, math.ceil(val_fraction * len(docs)))
-    n_test = max(1, math.ceil(test_fraction * len(docs)))
-    if n_val + n_test >= len(docs):
-        raise CtxlmError(f"data.source: {len(docs)} documents leave none for training after {n_val} validation and {n_test} test documents; "
+def held_out(count: int, val_fraction: float, test_fraction: float, seed: int) -> dict[int, str]:
+    """Of `count` documents, a seeded random ceil(fraction * count) (at least one each) for
+    validation and, disjoint from those, for test: {index: split}."""
+    if count < 3:
+        raise CtxlmError(f"data.source: the corpus has {count} non-empty document(s); need at least 3 (train, validation and test)")
+    n_val = max(1, math.ceil(val_fraction * count))
+    n_test = max(1, math.ceil(test_fraction * count))
+    if n_val + n_test >= count:
+        raise CtxlmError(f"data.source: {count} documents leave none for training after {n_val} validation and {n_test} test documents; "
                          "lower data.val_fraction or data.test_fraction")
-    held_out = random.Random(seed).sample(range(len(docs)), n_val + n_test)
-    split = {i: "val" for i in held_out[:n_val]} | {i: "test" for i in held_out[n_val:]}
-    return pd.DataFrame(
-        [{"split": split.get(i, "train"), "group": title, "title": title, "text": text} for i, (title, text) in enumerate(docs)]
-    )
+    chosen = random.Random(seed).sample(range(count), n_val + n_test)
+    return {i: "val" for i in chosen[:n_val]} | {i: "test" for i in chosen[n_val:]}
 
 
-def load_documents(params: DataParams, seed: int) -> pd.DataFrame:
-    """The corpus as a DataFrame with columns split ('train'/'val'/'test'), group, title, text, in corpus order."""
+def split_documents(read: Callable[[], Iterator[tuple[str, str]]], val_fraction: float, test_fraction: float, seed: int) -> Iterator[dict]:
+    """The non-empty documents of `read()` in corpus order, each tagged with its split (held_out).
+    Two passes over the source, the first to count: the corpus is never held whole."""
+    split = held_out(sum(1 for _, text in read() if text.strip()), val_fraction, test_fraction, seed)
+    kept = (doc for doc in read() if doc[1].strip())
+    for i, (title, text) in enumerate(kept):
+        yield {"split": split.get(i, "train"), "group": title, "title": title, "text": text}
+
+
+def iter_documents(params: DataParams, seed: int) -> Iterator[dict]:
+    """The corpus as dicts with split ('train'/'val'/'test'), group, title and text, in corpus order.
+    Every check that can fail (a missing path, too few documents) fails before the first is yielded."""
     source = params.source
     if source == "shakespeare":
-        frame = shakespeare_documents(params.val_plays, params.test_plays)
-    elif source.startswith(HF_PREFIX):
-        frame = split_documents(hf_documents(source), params.val_fraction, params.test_fraction, seed)
+        yield from shakespeare_documents(params.val_plays, params.test_plays).to_dict("records")
+        return
+    if source.startswith(HF_PREFIX):
+        read = lambda: hf_documents(source)  # noqa: E731
     else:
         path = Path(source)
         if not path.exists():
             raise CtxlmError(f"data.source: path '{source}' does not exist")
-        docs = jsonl_documents(path) if path.suffix == ".jsonl" else text_documents(path)
-        frame = split_documents(docs, params.val_fraction, params.test_fraction, seed)
+        read = (lambda: jsonl_documents(path)) if path.suffix == ".jsonl" else (lambda: text_documents(path))
+    yield from split_documents(read, params.val_fraction, params.test_fraction, seed)
+
+
+def write_documents(documents: Iterator[dict], path: Path, source: str, batch: int = 2048) -> dict[str, int]:
+    """Stream documents into a Parquet file (columns split, group, title, text), `batch` rows per row
+    group; returns the documents per split, and refuses (before the caller publishes the file) a
+    split without any."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(name, pa.string()) for name in ("split", "group", "title", "text")])
+    counts = dict.fromkeys(SPLITS, 0)
+    with pq.ParquetWriter(path, schema) as writer:
+        rows: list[dict] = []
+        for document in documents:
+            rows.append(document)
+            counts[document["split"]] += 1
+            if len(rows) == batch:
+                writer.write_table(pa.Table.from_pylist(rows, schema))
+                rows = []
+        writer.write_table(pa.Table.from_pylist(rows, schema))
     for split in SPLITS:
-        if not (frame["split"] == split).any() if len(frame) else True:
+        if not counts[split]:
             raise CtxlmError(f"data.source '{source}': the {split} split has no documents")
+    return counts
+
+
+def load_documents(params: DataParams, seed: int) -> pd.DataFrame:
+    """The whole corpus as a DataFrame (split, group, title, text): for small corpora and tests;
+    `prepare` streams iter_documents instead."""
+    frame = pd.DataFrame(list(iter_documents(params, seed)), columns=["split", "group", "title", "text"])
+    for split in SPLITS:
+        if not (frame["split"] == split).any():
+            raise CtxlmError(f"data.source '{params.source}': the {split} split has no documents")
     return frame

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from ctxlm.runtime import progress
 
@@ -17,34 +18,55 @@ class TokenizedSplit:
     predicted_chars: int  # the same in characters
 
 
-def tokenize_documents(tokenizer, texts: list[str], budget: int, chunk: int = 256) -> TokenizedSplit:
-    """The first `budget` tokens of `texts` in order (the last document cut short if needed).
+class SplitTokenizer:
+    """A split's documents tokenized as they come, in order, up to `budget` tokens (the last
+    document cut short if needed), so a corpus can be streamed through it.
 
     Documents with no tokens are skipped. No special tokens are added: the context resets at each
     document start instead. Every token of a document but its first is predicted, so the text they
     cover runs from the end of the first token to the end of the last one kept: its size in bytes
     and characters turns a loss into bits per byte or per character, figures that do not depend on
     the tokenizer. Needs a fast tokenizer (character offsets)."""
-    ids: list[np.ndarray] = []
-    offsets = [0]
-    predicted_bytes = predicted_chars = 0
-    bar = progress(total=budget, desc="tokenize", unit="tok", unit_scale=True, leave=False)
-    for start in range(0, len(texts), chunk):
-        batch = texts[start : start + chunk]
-        encoded = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=True)
-        for text, doc, spans in zip(batch, encoded["input_ids"], encoded["offset_mapping"]):
-            doc = doc[: budget - offsets[-1]]
+
+    def __init__(self, tokenizer, budget: int, bar: tqdm | None = None):
+        """`bar`: a progress bar to advance (one can serve several splits); by default its own."""
+        self.tokenizer, self.budget = tokenizer, budget
+        self.ids: list[np.ndarray] = []
+        self.offsets = [0]
+        self.predicted_bytes = self.predicted_chars = 0
+        self.bar = bar if bar is not None else progress(total=budget, desc="tokenize", unit="tok", unit_scale=True, leave=False)
+
+    @property
+    def full(self) -> bool:
+        return self.offsets[-1] >= self.budget
+
+    def add(self, texts: list[str]) -> None:
+        if self.full or not texts:
+            return
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        for text, doc, spans in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
+            doc = doc[: self.budget - self.offsets[-1]]
             if doc:
-                ids.append(np.asarray(doc, dtype=np.int32))
-                offsets.append(offsets[-1] + len(doc))
+                self.ids.append(np.asarray(doc, dtype=np.int32))
+                self.offsets.append(self.offsets[-1] + len(doc))
                 predicted = text[spans[0][1] : spans[len(doc) - 1][1]]
-                predicted_chars += len(predicted)
-                predicted_bytes += len(predicted.encode("utf-8"))
-                bar.update(len(doc))
-            if offsets[-1] >= budget:
+                self.predicted_chars += len(predicted)
+                self.predicted_bytes += len(predicted.encode("utf-8"))
+                self.bar.update(len(doc))
+            if self.full:
                 break
-        if offsets[-1] >= budget:
+
+    def result(self) -> TokenizedSplit:
+        flat = np.concatenate(self.ids) if self.ids else np.zeros(0, dtype=np.int32)
+        return TokenizedSplit(flat, np.asarray(self.offsets, dtype=np.int64), self.predicted_bytes, self.predicted_chars)
+
+
+def tokenize_documents(tokenizer, texts: list[str], budget: int, chunk: int = 256) -> TokenizedSplit:
+    """The first `budget` tokens of `texts` in order (SplitTokenizer), `chunk` texts a call."""
+    split = SplitTokenizer(tokenizer, budget)
+    for start in range(0, len(texts), chunk):
+        split.add(texts[start : start + chunk])
+        if split.full:
             break
-    bar.close()
-    flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
-    return TokenizedSplit(flat, np.asarray(offsets, dtype=np.int64), predicted_bytes, predicted_chars)
+    split.bar.close()
+    return split.result()

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ctxlm.baselines import BASELINE_WEIGHTS, KINDS, SequenceData, baseline_metadata, build_baseline, evaluate_sequences, train_baseline
+from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
@@ -15,7 +16,7 @@ from ctxlm.errors import CtxlmError
 from ctxlm.metrics import count, split_figures
 from ctxlm.model import ModelConfig
 from ctxlm.phase2 import with_device_precision
-from ctxlm.runtime import pick_device, seed_everything
+from ctxlm.runtime import configure_device, pick_device, seed_everything
 from ctxlm.shards import atomic_dir, load_token_folder, write_json_atomic, write_manifest
 from ctxlm.weights import load_trained_state, save_weights
 
@@ -36,24 +37,27 @@ def main(kind: str = typer.Argument(..., help=" | ".join(KINDS)), params_file: P
         phase2 = with_device_precision(params.phase2, device)
         model = build_baseline(kind, ModelConfig.from_params(m, embedding), embedding, m.weight_tying, m.freeze_embedding,
                                seq_len, params.baselines.transformer_layers).to(device)
+        configure_device(params.runtime, device, [model.body])
         train = SequenceData(splits["train"], seq_len, stride=seq_len)
         val = SequenceData(splits["val"], seq_len, stride=max(1, seq_len // 2))
         inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": phase2.model_dump(),
                   "baselines": params.baselines.model_dump(), "tokens": folder_digest(Path("data/tokens"))}
         checkpoint = Checkpoint(f"baseline_{kind}", inputs)
-        curves = CurveLogger(BASELINE_CURVES / kind, step_key="epoch")
+        curves = CurveLogger(BASELINE_CURVES / kind, step_key="epoch") if distributed.is_main() else None
         result = train_baseline(model, train, val, phase2, device, generator, checkpoint, f"baseline {kind}", sample_seed=params.seed,
                                 on_epoch=curves)
         load_trained_state(model, result.best_state, f"baseline {kind}'s best epoch", "a bug: please report it")
+        figures = {}
+        for split in ("test", "val"):  # every process scores its share
+            data = val if split == "val" else SequenceData(splits[split], seq_len, stride=max(1, seq_len // 2))
+            loss, acc = evaluate_sequences(model, data, device)
+            figures.update(split_figures(split, loss, acc, data.tokens, meta[split]))
+        if not distributed.is_main():
+            return
         metadata = baseline_metadata(model)
         with atomic_dir(Path("data/baselines") / kind) as weights:
             save_weights(weights, BASELINE_WEIGHTS, result.best_state, metadata)
             write_manifest(weights, {"config": metadata})
-        figures = {}
-        for split in ("test", "val"):
-            data = val if split == "val" else SequenceData(splits[split], seq_len, stride=max(1, seq_len // 2))
-            loss, acc = evaluate_sequences(model, data, device)
-            figures.update(split_figures(split, loss, acc, data.tokens, meta[split]))
         best = result.history[result.best_epoch - 1]
         out = Path("metrics/baselines")
         write_json_atomic(

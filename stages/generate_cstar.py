@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
+from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cstar import write_cstar
 from ctxlm.runtime import pick_device
@@ -25,6 +26,8 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         block, embedding = block.to(device), embedding.to(device)
         inputs = {"cstar": params.cstar.model_dump(), "tokens": folder_digest(Path("data/tokens")), "context": folder_digest(Path("data/context"))}
         rates = write_cstar(block, embedding, splits, Path("data/cstar"), params.cstar, Checkpoint("generate_cstar", inputs))
+        if not distributed.is_main():
+            return
         print(f"generate_cstar: {rates}")
         write_json_atomic(
             Path("metrics/generate_cstar.json"),

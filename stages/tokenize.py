@@ -3,14 +3,15 @@
 import time
 from pathlib import Path
 
-import pandas as pd
+import pyarrow.parquet as pq
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
 from ctxlm.embedding import check_vocab, load_embedding, load_tokenizer, resolve_model_dir
 from ctxlm.errors import CtxlmError
+from ctxlm.runtime import progress
 from ctxlm.shards import atomic_dir, save_embedding, save_tokens, write_json_atomic, write_manifest
-from ctxlm.tokens import tokenize_documents
+from ctxlm.tokens import SplitTokenizer
 
 app = make_app()
 CORPUS = Path("data/corpus/documents.parquet")
@@ -23,17 +24,24 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         params = load_params(params_file)
         if not CORPUS.is_file():
             raise CtxlmError(f"{CORPUS}: missing; run: dvc repro prepare")
-        documents = pd.read_parquet(CORPUS)
         model_dir = resolve_model_dir(params.embedding.model)
         tokenizer = load_tokenizer(model_dir)
         embedding = load_embedding(model_dir)
         check_vocab(tokenizer, embedding, model_dir)
         budgets = {"train": params.data.max_train_tokens, "val": params.data.max_val_tokens, "test": params.data.max_test_tokens}
         counts = {}
+        bar = progress(total=sum(budgets.values()), desc="tokenize", unit="tok", unit_scale=True, leave=False)
+        splits = {split: SplitTokenizer(tokenizer, budget, bar) for split, budget in budgets.items()}
+        for batch in pq.ParquetFile(CORPUS).iter_batches(batch_size=256, columns=["split", "text"]):  # streamed, never whole
+            rows = batch.to_pydict()
+            for split, tokens in splits.items():
+                tokens.add([text for s, text in zip(rows["split"], rows["text"]) if s == split])
+            if all(tokens.full for tokens in splits.values()):
+                break
+        bar.close()
         with atomic_dir(Path("data/tokens")) as out:
             for split, budget in budgets.items():
-                texts = documents.loc[documents["split"] == split, "text"].tolist()
-                tokens = tokenize_documents(tokenizer, texts, budget)
+                tokens = splits[split].result()
                 ids, offsets = tokens.ids, tokens.offsets
                 if len(ids) < 2:
                     raise CtxlmError(f"{CORPUS}: the {split} split has {len(ids)} tokens; need at least 2")

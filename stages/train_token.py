@@ -3,13 +3,14 @@
 import time
 from pathlib import Path
 
+from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
 from ctxlm.curves import CURVES, CurveLogger
 from ctxlm.model import ModelConfig, TokenModel
 from ctxlm.phase2 import SplitData, train_token_model, with_device_precision
-from ctxlm.runtime import pick_device, seed_everything
+from ctxlm.runtime import configure_device, pick_device, seed_everything
 from ctxlm.shards import CstarReader, atomic_dir, load_token_folder, write_json_atomic, write_manifest
 from ctxlm.weights import TOKEN_WEIGHTS, save_weights
 
@@ -31,11 +32,14 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         phase2 = with_device_precision(params.phase2, device)
         m = params.model
         model = TokenModel(cfg, embedding, weight_tying=m.weight_tying, freeze_embedding=m.freeze_embedding).to(device)
+        configure_device(params.runtime, device, [model.token_block])
         inputs = {"seed": params.seed, "model": m.model_dump(), "phase2": phase2.model_dump(),
                   "data": [folder_digest(Path(f)) for f in ("data/tokens", "data/cstar/train", "data/cstar/val")]}
         checkpoint = Checkpoint("train_token", inputs)
-        curves = CurveLogger(CURVES / "train_token", step_key="epoch")
+        curves = CurveLogger(CURVES / "train_token", step_key="epoch") if distributed.is_main() else None
         result = train_token_model(model, train, val, phase2, device, generator, checkpoint, sample_seed=params.seed, on_epoch=curves)
+        if not distributed.is_main():
+            return
         metadata = {**cfg.to_metadata(), "weight_tying": str(m.weight_tying), "freeze_embedding": str(m.freeze_embedding)}
         with atomic_dir(Path("data/token_model")) as out:
             save_weights(out, TOKEN_WEIGHTS, result.best_state, metadata)

@@ -76,3 +76,14 @@ def test_the_benchmark_s_cached_transformer_steps_give_its_whole_sequence_logits
     with torch.no_grad():
         whole = model.eval().hidden(ids[None])[0, 12:] @ model.embedding.T
     assert torch.allclose(torch.stack(stepped), whole, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bench_gpu_runs_its_pipeline_and_checks_cstar_on_a_cpu(tmp_path):
+    """The GPU benchmark's own code, on a CPU with tiny params: every stage ran, and the fp32 C* it
+    computes agrees with the fp64 reference (the check it makes on a GPU, here on the CPU's fp32).
+    Its rates are a smoke check only."""
+    _, last = run_bench(tmp_path, "bench.gpu", "--device", "cpu", "--tiny", "--steps", "3", "--check-tokens", "500")
+    assert list(last["stage_seconds"]) == ["prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate"]
+    assert last["cstar_check_tokens"] >= 500 and 0 < last["cstar_max_abs_error_vs_cpu_fp64"] < 1e-4
+    assert last["phase2_tokens_per_s"] > 0 and 0 < last["head_fraction_of_ceiling"]

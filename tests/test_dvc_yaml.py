@@ -15,7 +15,10 @@ def ctxlm_imports(path: Path) -> set[str]:
     """The ctxlm modules a file imports, by module name."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ctxlm":
+        if isinstance(node, ast.ImportFrom) and node.module == "ctxlm":  # from ctxlm import <module>
+            found |= {f"ctxlm.{alias.name}" for alias in node.names if (REPO / "ctxlm" / f"{alias.name}.py").is_file()}
+            found.add("ctxlm")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ctxlm":
             found.add(node.module)
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "ctxlm")
@@ -46,7 +49,7 @@ def stages() -> list[tuple[str, dict]]:
 
 @pytest.mark.parametrize("name, stage", list(stages()), ids=[name for name, _ in stages()])
 def test_stage_deps_are_the_modules_its_program_imports(name, stage):
-    program = stage["cmd"].split()[2]  # python -m stages.<name> ...
+    program = next(word for word in stage["cmd"].split() if word.startswith("stages."))  # python -m [ctxlm.launch N] stages.<name> ...
     deps = set(stage["deps"])
     source = program.replace(".", "/") + ".py"
     assert source in deps

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,21 @@ def test_two_identical_trainings_save_byte_identical_weights(tmp_path):
         loaded, cfg = load_context_block(folder)  # still a valid safetensors file with the same config
         assert cfg == block.cfg and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), block.state_dict().values()))
     assert files[0] == files[1]
+
+
+def test_phase1_samples_whole_documents_up_to_its_token_budget():
+    from ctxlm.phase1 import document_rows, sample_documents
+
+    lengths = np.array([5, 3, 8, 2, 7, 4, 6, 1])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    assert sample_documents(offsets, 36, seed=0).tolist() == list(range(8))  # 36 tokens in all: every document
+    for seed in range(20):
+        chosen = sample_documents(offsets, 12, seed)
+        assert lengths[chosen].sum() <= 12 and np.all(np.diff(chosen) > 0)
+        left = 12 - lengths[chosen].sum()
+        assert all(lengths[d] > left for d in set(range(8)) - set(chosen.tolist()))  # no document left out would still fit
+    assert len({tuple(sample_documents(offsets, 12, seed)) for seed in range(20)}) > 1  # the seed chooses
+    assert np.array_equal(sample_documents(offsets, 12, 3), sample_documents(offsets, 12, 3))
+    assert document_rows(offsets, np.array([1, 3])).tolist() == [5, 6, 7, 16, 17]  # documents 1 (5..7) and 3 (16, 17)
+    with pytest.raises(CtxlmError, match="phase1.max_tokens is 0, shorter than every training document"):
+        sample_documents(offsets[[0, 1]], 0, 0)

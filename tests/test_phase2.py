@@ -169,6 +169,6 @@ def test_score_batches_by_hand():
 
     first = (torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1]))  # CE: log 2; log(1 + e^2); argmax right, wrong
     second = (torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([1]))  # p(1) = 3/4: CE log(4/3); right
-    loss, acc = score_batches(iter([first, second]), positions=3, desc="test")
+    loss, acc = score_batches(iter([first, second]), positions=3, desc="test", device=torch.device("cpu"))
     assert loss == pytest.approx((math.log(2) + math.log(1 + math.e**2) + math.log(4 / 3)) / 3)
     assert acc == pytest.approx(2 / 3)

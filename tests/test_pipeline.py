@@ -84,6 +84,12 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
     shown = sh(repo, "dvc", "exp", "show", "--json").stdout
     assert "val_ppl" in shown
 
+    # the same experiment in two processes (torchrun, gloo): the same figures to float rounding
+    two = sh(repo, "dvc", "exp", "run", "-S", "runtime.processes=2")
+    assert ran_stages(two.stdout) == {"train_context", "generate_cstar", "train_token", "evaluate"}
+    in_two = json.loads((repo / "metrics/eval.json").read_text())
+    assert {k: in_two[k] for k in QUALITY} == pytest.approx({k: two_layers[k] for k in QUALITY}, rel=1e-4)
+
 
 def use_the_trained_models(repo: Path, metrics: dict) -> None:
     """ctxlm score on the test split's text gives evaluate's figures exactly; ctxlm, the LSTM and the

@@ -297,7 +297,7 @@ def test_a_non_finite_validation_loss_stops_with_a_clear_error():
     from ctxlm.phase2 import TrainingTask, train_epochs
 
     model = torch.nn.Linear(2, 1)
-    task = TrainingTask(examples=4, batch_examples=2, tokens=4, batches=lambda order: [torch.ones(2, 2)] * 2,
+    task = TrainingTask(examples=4, batch_examples=2, tokens=4, batches=lambda order, sizes: [torch.ones(2, 2)] * 2,
                         loss=lambda batch: (model(batch).pow(2).mean(), 2), validate=lambda: (math.nan, 0.0),
                         measure_train=lambda: (1.0, 0.0))
     with pytest.raises(CtxlmError, match=r"toy: the validation loss became nan after epoch 1; lower phase2.lr"):
