@@ -28,7 +28,7 @@ from ctxlm.config import CstarParams
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, input_features, token_windows
 from ctxlm.runtime import progress
-from ctxlm.shards import CSTAR_STORAGE, TokenSplit, atomic_dir, decode_cstar, encode_cstar, sha256, write_manifest
+from ctxlm.shards import CSTAR_STORAGE, TokenSplit, atomic_dir, decode_cstar, doc_starts, encode_cstar, sha256, write_manifest
 
 HOISTED_ROWS = 1 << 16  # token slots gathered per window of steps (bounds memory)
 # Below this many running documents a step is a few small kernels whose cost is thread start-up:
@@ -134,8 +134,12 @@ def cstar_into(
 
 def split_windows(tokens: TokenSplit, k: int) -> torch.Tensor:
     """(N, k) id windows of a whole split (see model.token_windows)."""
-    ids = torch.from_numpy(np.asarray(tokens.ids, dtype=np.int64))
-    return token_windows(ids, torch.from_numpy(tokens.doc_starts()), k)
+    return document_windows(tokens.ids, tokens.offsets, k)
+
+
+def document_windows(ids: np.ndarray, offsets: np.ndarray, k: int) -> torch.Tensor:
+    """(N, k) id windows of the whole documents `ids` (N,) with `offsets` (D+1,) from 0 to N."""
+    return token_windows(torch.from_numpy(np.asarray(ids, dtype=np.int64)), torch.from_numpy(doc_starts(offsets, len(ids))), k)
 
 
 def shard_ranges(offsets: np.ndarray, shard_tokens: int) -> list[tuple[int, int]]:
@@ -172,7 +176,6 @@ def generate_split(
     (ctxlm.distributed) they take the shards in turn, a round of one shard each at a time, and
     `on_shard` follows each round, in the first process only."""
     device = next(block.parameters()).device
-    windows = split_windows(tokens, block.cfg.num_input_tokens).to(device)
     L, d_c = block.cfg.num_layers, block.cfg.context_dim
     shards = list(done)
     ranges = shard_ranges(tokens.offsets, shard_tokens)
@@ -188,11 +191,13 @@ def generate_split(
                 continue
             name = this_round[-1]["file"]
             out = np.lib.format.open_memmap(folder / name, mode="w+", dtype=CSTAR_STORAGE[dtype], shape=(b - a, L, d_c))
-            cstar_into(block, embedding, windows[a:b], tokens.offsets[first : end + 1] - a, out, bar.update)
+            offsets = tokens.offsets[first : end + 1] - a
+            windows = document_windows(tokens.ids[a:b], offsets, block.cfg.num_input_tokens).to(device)  # a shard's only: memory
+            cstar_into(block, embedding, windows, offsets, out, bar.update)
             out.flush()
             for doc in sorted({first, end - 1}):  # the first and the last document: the last must start from a reset context
                 start, stop = int(tokens.offsets[doc]), int(tokens.offsets[doc + 1])
-                check_against_oracle(block, embedding, windows[start:stop], out[start - a : stop - a], f"{desc}, {name}, document {doc}")
+                check_against_oracle(block, embedding, windows[start - a : stop - a], out[start - a : stop - a], f"{desc}, {name}, document {doc}")
             del out
         distributed.barrier()  # the round's shards are all on disk
         bar.update(sum(entry["rows"] for entry in this_round[1:]))  # the other processes' shards

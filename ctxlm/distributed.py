@@ -73,6 +73,8 @@ def share(n: int, part: int | None = None, parts: int | None = None) -> slice:
 def share_of_batches(order: np.ndarray, batch_size: int, part: int | None = None, parts: int | None = None) -> tuple[np.ndarray, list[int]]:
     """This process's examples of every global batch of `order` (consecutive `batch_size` items),
     and its number of examples in each batch: together the processes take each batch whole."""
+    if (world() if parts is None else parts) == 1:  # all of it, without a copy of the epoch's order
+        return order, [batch_size] * (len(order) // batch_size) + ([len(order) % batch_size] if len(order) % batch_size else [])
     mine, sizes = [], []
     for a in range(0, len(order), batch_size):
         batch = order[a : a + batch_size]

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
-from ctxlm.cstar import split_windows
+from ctxlm.cstar import document_windows, shard_ranges
 from ctxlm.errors import CtxlmError
 from ctxlm.model import TokenModel
 from ctxlm.runtime import autocast, progress, release_free_memory, resolve_precision
@@ -82,14 +82,15 @@ def training_loss(model: TokenModel, contexts, windows, targets, precision: str,
 SHUFFLE_BLOCK = 2048
 SHUFFLE_ROWS = 1 << 15
 LOAD_BYTES = 32 << 20
+WINDOW_ROWS = 1 << 20  # tokens whose id windows are built at once (their int64 temporaries bound the memory)
 
 
 def block_shuffled_order(n: int, generator: torch.Generator) -> np.ndarray:
     """A seeded permutation of range(n): blocks of SHUFFLE_BLOCK consecutive items in random order,
     then every SHUFFLE_ROWS items shuffled among themselves. A batch so mixes 16 random places of
     the corpus, while a reader needs the rows of one such group at a time, not the whole split."""
-    blocks = torch.randperm(-(-n // SHUFFLE_BLOCK), generator=generator).numpy()
-    order = (blocks[:, None] * SHUFFLE_BLOCK + np.arange(SHUFFLE_BLOCK)).reshape(-1)
+    blocks = torch.randperm(-(-n // SHUFFLE_BLOCK), generator=generator).numpy().astype(np.int32)  # int32: half the memory
+    order = (blocks[:, None] * SHUFFLE_BLOCK + np.arange(SHUFFLE_BLOCK, dtype=np.int32)).reshape(-1)
     order = order[order < n]
     for a in range(0, n, SHUFFLE_ROWS):
         group = order[a : a + SHUFFLE_ROWS]
@@ -106,7 +107,10 @@ class SplitData:
         self.cstar = cstar
         # int32 per token: these are the only arrays that grow with the corpus (C* is read as needed)
         self.positions = np.flatnonzero(tokens.has_next()).astype(np.int32)  # (M,)
-        self.windows = split_windows(tokens, k).int()  # (N, k)
+        self.windows = torch.empty(len(tokens), k, dtype=torch.int32)  # (N, k), built a group of documents at a time
+        for first, end in shard_ranges(tokens.offsets, WINDOW_ROWS):
+            a, b = int(tokens.offsets[first]), int(tokens.offsets[end])
+            self.windows[a:b] = document_windows(tokens.ids[a:b], tokens.offsets[first : end + 1] - a, k)
         self.targets = torch.zeros(len(tokens), dtype=torch.int32)
         self.targets[:-1] = torch.from_numpy(np.array(tokens.ids[1:], dtype=np.int32))
 
