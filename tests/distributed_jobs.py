@@ -12,10 +12,11 @@ import torch
 
 from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
+from ctxlm.baselines import SequenceData, build_baseline, train_baseline
 from ctxlm.config import CstarParams, Phase1Params, Phase2Params
 from ctxlm.cstar import write_cstar
 from ctxlm.phase1 import train_context_block
-from ctxlm.model import TokenModel
+from ctxlm.model import ModelConfig, TokenModel
 from ctxlm.phase2 import train_token_model, training_loss
 from conftest import make_block, make_token_split
 from test_phase2 import setup
@@ -86,7 +87,28 @@ def cstar(out: Path, tokens) -> dict:
     return {}
 
 
-JOBS = {"phase1": (lambda out: None, phase1), "phase2": (phase2_data, phase2), "cstar": (cstar_data, cstar)}
+def baseline_data(out: Path):
+    """Documents of 60, 45, 80, 33 and 51 random ids (train) and 30, 25 (val), each process its own copy."""
+    data = out / f"data-{os.environ.get('RANK', '0')}"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    return make_token_split(data, [60, 45, 80, 33, 51], vocab=40, seed=1), make_token_split(data, [30, 25], vocab=40, seed=2, split="val")
+
+
+def baseline(out: Path, data) -> dict:
+    """Two epochs of the LSTM baseline (KIND: lstm or transformer), 5 windows of 8 a step: the
+    scored tokens per process differ, and the last step has fewer windows than the others."""
+    train, val = SequenceData(data[0], 8, 8), SequenceData(data[1], 8, 4)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, embed_dim=16, context_dim=16)
+    model = build_baseline(os.environ.get("KIND", "lstm"), cfg, torch.randn(40, 16), weight_tying=False, freeze_embedding=True, seq_len=8,
+                           transformer_layers=1)
+    params = Phase2Params(epochs=2, patience=2, batch_size=40, lr=0.01, precision="fp32")
+    result = train_baseline(model, train, val, params, CPU, torch.Generator().manual_seed(0), None, "baseline", sample_seed=3)
+    return {"history": result.history, "state": result.best_state}
+
+
+JOBS = {"baseline": (baseline_data, baseline), "phase1": (lambda out: None, phase1), "phase2": (phase2_data, phase2), "cstar": (cstar_data, cstar)}
 
 if __name__ == "__main__":
     job, out = sys.argv[1], Path(sys.argv[2])
