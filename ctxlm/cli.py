@@ -29,6 +29,8 @@ def stage_run(name: str, debug: bool, timing: bool = True):
 
             distributed.start()
         yield
+        if launched:
+            distributed.finish()
     except CtxlmError as err:
         if debug or os.environ.get("CTXLM_DEBUG") == "1":
             raise

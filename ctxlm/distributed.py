@@ -30,7 +30,16 @@ def start() -> None:
         dist.init_process_group(backend)
 
 
+def finish() -> None:
+    """Leave the group together: a process that left while another was still finishing its part
+    was seen to abort ("terminate called without an active exception") as the group came down."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def stop() -> None:
+    """Leave the group at once (after an error: the others may never reach a barrier)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -118,4 +118,4 @@ if __name__ == "__main__":
     result = run(out, data)
     if distributed.is_main():
         torch.save(result, out / "result.pt")
-    distributed.stop()
+    distributed.finish()
