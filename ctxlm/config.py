@@ -52,10 +52,14 @@ class ModelParams(_Section):
     token_input_all_layers: bool = True
     freeze_embedding: bool = True
     weight_tying: bool = True
+    prev_contexts: int = Field(0, ge=0, le=64)
+    """The TokenBlock also reads the final-layer C* of the p tokens before each one (zeros before its
+    document's start), from the same shards: phase 2 only."""
 
 
 class Phase1Params(_Section):
-    max_iterations: int = Field(60, ge=1)
+    max_iterations: int = Field(60, ge=0)
+    """0: no training at all, the seeded random ContextBlock kept as initialised (the untrained control)."""
     lr: float = Field(0.002, gt=0.0)
     context_noise: float = Field(0.1, ge=0.0)
     centroid_weight: float = Field(0.1, ge=0.0)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ctxlm.cstar import cstar_into
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, TokenModel, input_features, token_windows
-from ctxlm.phase2 import score_batches
+from ctxlm.phase2 import previous_positions, score_batches, with_previous
 from ctxlm.runtime import one_thread
 from ctxlm.shards import doc_starts, has_next
 from ctxlm.tokens import TokenizedSplit
@@ -49,29 +49,32 @@ class Stepper(Protocol):
 
 
 class CtxlmStepper:
-    """The ContextBlock's recurrence and the TokenModel, one token at a time (state: c (1, d_c), window (1, k))."""
+    """The ContextBlock's recurrence and the TokenModel, one token at a time (state: the final-layer
+    contexts of the last p + 1 tokens, newest first (1, 1 + p, d_c), and the window (1, k))."""
 
     def __init__(self, block: ContextBlock, model: TokenModel):
         self.block, self.model = block.eval(), model.eval()
 
     def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.block.cfg
-        return torch.zeros(1, cfg.context_dim), torch.full((1, cfg.num_input_tokens), PAD)
+        return torch.zeros(1, 1 + self.model.cfg.prev_contexts, cfg.context_dim), torch.full((1, cfg.num_input_tokens), PAD)
 
     @torch.no_grad()
     def advance(self, state, token: int):
-        """Read `token` through the ContextBlock alone -> (the new state, (1, L, d_c) C* of this token)."""
-        context, window = state
+        """Read `token` through the ContextBlock alone -> (the new state, (1, L + p, d_c): this
+        token's C* and the p previous final-layer contexts, as phase 2 reads them)."""
+        recent, window = state
         window = torch.cat([window[:, 1:], torch.tensor([[token]])], dim=1)  # (1, k), oldest first
         with one_thread():  # vectors of a few hundred numbers: waking more threads costs more than it saves
-            layers = self.block(context, input_features(self.model.embedding, window))
-        return (layers[:, -1], window), layers
+            layers = self.block(recent[:, 0], input_features(self.model.embedding, window))
+        previous = recent[:, : recent.shape[1] - 1]  # c_{i-1} .. c_{i-p}
+        return (torch.cat([layers[:, -1:], previous], dim=1), window), torch.cat([layers, previous], dim=1)
 
     @torch.no_grad()
     def read(self, state, token: int):
-        state, layers = self.advance(state, token)
+        state, contexts = self.advance(state, token)
         with one_thread():
-            hidden = self.model.hidden(layers, state[1])  # (1, d_e)
+            hidden = self.model.hidden(contexts, state[1])  # (1, d_e)
         return state, self.model.logits(hidden)[0].float()  # only the head's product is worth the threads
 
 
@@ -209,10 +212,13 @@ def score_tokens(block: ContextBlock, model: TokenModel, tokens: TokenizedSplit)
     logprobs = []
     model.eval()
 
+    p = model.cfg.prev_contexts
+    index = np.concatenate([np.arange(n)[:, None], previous_positions(np.arange(n), offsets, p)], axis=1)  # (n, 1 + p)
+
     def batches():
         for a in range(0, len(positions), SCORE_BATCH):
             rows = positions[a : a + SCORE_BATCH]
-            logits, targets = model(torch.from_numpy(cstar[rows]), windows[rows]), ids[rows + 1]
+            logits, targets = model(with_previous(cstar, index[rows], p), windows[rows]), ids[rows + 1]
             logprobs.append(torch.log_softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0].double().numpy())
             yield logits, targets
 

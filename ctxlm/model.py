@@ -1,7 +1,7 @@
 """The whole ctxlm model, top to bottom: input features, ContextBlock, TokenBlock and head.
 
 Shapes: N tokens, V vocabulary, d_e embedding width, k = num_input_tokens, d_x = k*d_e,
-L = num_layers, d_c = context_dim.
+L = num_layers, d_c = context_dim, p = prev_contexts.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class ModelConfig:
     num_layers: int = 1  # L
     num_input_tokens: int = 1  # k
     token_input_all_layers: bool = True
+    prev_contexts: int = 0  # p: the TokenBlock's extra final-layer contexts c_{i-1} .. c_{i-p}
 
     @property
     def input_dim(self) -> int:  # d_x
@@ -32,17 +33,20 @@ class ModelConfig:
         return cls(
             vocab_size=embedding.shape[0], embed_dim=embedding.shape[1], context_dim=model.context_dim,
             num_layers=model.num_layers, num_input_tokens=model.num_input_tokens, token_input_all_layers=model.token_input_all_layers,
+            prev_contexts=model.prev_contexts,
         )
 
     def to_metadata(self) -> dict[str, str]:
-        return {key: str(value) for key, value in asdict(self).items()}
+        """Every field as text; prev_contexts only when set, so that files of models without it stay as they were."""
+        return {key: str(value) for key, value in asdict(self).items() if key != "prev_contexts" or value}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> "ModelConfig":
         def parse(key: str, value: str):
             return value == "True" if key == "token_input_all_layers" else int(value)
 
-        return cls(**{key: parse(key, meta[key]) for key in cls.__dataclass_fields__})
+        optional = {"prev_contexts"}  # absent from files written without it: its default
+        return cls(**{key: parse(key, meta[key]) for key in cls.__dataclass_fields__ if key in meta or key not in optional})
 
 
 def token_windows(ids: torch.Tensor, doc_starts: torch.Tensor, k: int) -> torch.Tensor:
@@ -107,14 +111,16 @@ def token_block_widths(cfg: ModelConfig) -> list[int]:
 
 
 class TokenBlock(nn.Module):
-    """h_i^l = LN(P_l h_i^{l-1} + GELU(U_l [c_i^l; h_i^{l-1}] + a_l)), h_i^0 = x_i.
+    """h_i^l = LN(P_l h_i^{l-1} + GELU(U_l [c_i^l; c_{i-1}^L .. c_{i-p}^L; h_i^{l-1}] + a_l)), h_i^0 = x_i.
 
-    P_l is the identity where the width stays, a bias-free Linear where it shrinks (k > 1)."""
+    P_l is the identity where the width stays, a bias-free Linear where it shrinks (k > 1); the
+    previous final-layer contexts (p = prev_contexts, none by default) are zero before a document's start."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         widths = token_block_widths(cfg)
-        d_c = cfg.context_dim
+        d_c = cfg.context_dim * (1 + cfg.prev_contexts)
+        self.num_layers = cfg.num_layers
         self.linears = nn.ModuleList(
             nn.Linear(d_c + w_in, w_out) for w_in, w_out in zip(widths[:-1], widths[1:])
         )
@@ -125,10 +131,11 @@ class TokenBlock(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(w) for w in widths[1:])
 
     def forward(self, contexts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, d_c) C* and (B, d_x) inputs -> (B, d_e) final hidden state h^L."""
+        """(B, L + p, d_c) C* (its L layers, then c_{i-1}^L .. c_{i-p}^L) and (B, d_x) inputs -> (B, d_e) final hidden state h^L."""
         h = x
+        previous = contexts[:, self.num_layers :].flatten(1)  # (B, p * d_c)
         for l, (linear, residual, norm) in enumerate(zip(self.linears, self.residuals, self.norms)):
-            h = norm(residual(h) + F.gelu(linear(torch.cat([contexts[:, l], h], dim=-1))))
+            h = norm(residual(h) + F.gelu(linear(torch.cat([contexts[:, l], previous, h], dim=-1))))
         return h
 
 
@@ -163,7 +170,7 @@ class TokenModel(nn.Module):
         self.head = None if weight_tying else untied_head(embedding)
 
     def hidden(self, contexts: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-        """(B, L, d_c) C*, (B, k) id windows -> (B, d_e)."""
+        """(B, L + p, d_c) C* with the p previous final-layer contexts, (B, k) id windows -> (B, d_e)."""
         return self.token_block(contexts, input_features(self.embedding, windows))
 
     def head_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -35,8 +35,8 @@ def previous_contexts(contexts: torch.Tensor, doc_starts: torch.Tensor) -> torch
 @dataclass
 class Phase1Result:
     iterations: int
-    convergence_rate: float
-    final_loss: float
+    convergence_rate: float | None  # None after no iteration (phase1.max_iterations: 0)
+    final_loss: float | None
     seconds: float
     history: list[dict]
 
@@ -175,8 +175,8 @@ def train_context_block(
     bar.close()
     return Phase1Result(
         iterations=len(history),
-        convergence_rate=history[-1]["convergence_rate"],
-        final_loss=history[-1]["loss"],
+        convergence_rate=history[-1]["convergence_rate"] if history else None,
+        final_loss=history[-1]["loss"] if history else None,
         seconds=seconds_before + time.perf_counter() - start,
         history=history,
     )

@@ -98,13 +98,34 @@ def block_shuffled_order(n: int, generator: torch.Generator) -> np.ndarray:
     return order
 
 
-class SplitData:
-    """A split's training examples: position i (C*_i and the id window ending at i) -> target t_{i+1}."""
+def previous_positions(positions: np.ndarray, offsets: np.ndarray, p: int) -> np.ndarray:
+    """(M,) token positions -> (M, p) the positions 1 .. p before each, -1 where that is before the
+    start of the position's document (`offsets`: the split's document offsets)."""
+    first = offsets[np.searchsorted(offsets, positions, side="right") - 1]  # (M,) its document's first token
+    previous = positions[:, None].astype(np.int64) - np.arange(1, p + 1)
+    return np.where(previous >= first[:, None], previous, -1)
 
-    def __init__(self, cstar: CstarReader, tokens: TokenSplit, k: int):
+
+def with_previous(stored: np.ndarray, index: np.ndarray, p: int) -> torch.Tensor:
+    """Decoded C* of `index` (M, 1 + p) rows of `stored` (-1: none): (M, L + p, d_c), each
+    position's L layers followed by the final layer of its p previous positions, zeros for -1."""
+    contexts = decode_cstar(stored[index[:, 0]])  # (M, L, d_c)
+    if p == 0:
+        return contexts
+    previous = decode_cstar(stored[np.maximum(index[:, 1:], 0).ravel()])[:, -1].reshape(len(index), p, -1)  # (M, p, d_c)
+    previous = torch.where(torch.from_numpy(index[:, 1:] >= 0)[..., None], previous, 0.0)
+    return torch.cat([contexts, previous], dim=1)
+
+
+class SplitData:
+    """A split's training examples: position i (C*_i, with the final-layer C* of the `prev_contexts`
+    positions before it, and the id window ending at i) -> target t_{i+1}."""
+
+    def __init__(self, cstar: CstarReader, tokens: TokenSplit, k: int, prev_contexts: int = 0):
         if len(cstar) != len(tokens):
             raise CtxlmError(f"C* has {len(cstar)} rows but the token split {len(tokens)} tokens; rerun: dvc repro --force generate_cstar")
         self.cstar = cstar
+        self.prev_contexts, self.offsets = prev_contexts, tokens.offsets
         # int32 per token: these are the only arrays that grow with the corpus (C* is read as needed)
         self.positions = np.flatnonzero(tokens.has_next()).astype(np.int32)  # (M,)
         self.windows = torch.empty(len(tokens), k, dtype=torch.int32)  # (N, k), built a group of documents at a time
@@ -124,23 +145,35 @@ class SplitData:
             return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
         return batch
 
+    def _read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored C* rows that `positions` need, each read once in file order, and (M, 1 + p)
+        indices into them (-1: before the document's start)."""
+        rows = positions[:, None].astype(np.int64)
+        if self.prev_contexts:
+            rows = np.concatenate([rows, previous_positions(positions, self.offsets, self.prev_contexts)], axis=1)
+        ordered, where = np.unique(rows[rows >= 0], return_inverse=True)
+        index = np.full(rows.shape, -1, dtype=np.int64)
+        index[rows >= 0] = where.ravel()
+        return self.cstar.read(ordered), index
+
     def batch(self, positions: np.ndarray, device: torch.device):
-        """-> (B, L, d_c) C*, (B, k) windows, (B,) targets."""
-        return self._examples(positions, self.cstar.gather(positions), device)
+        """-> (B, L + p, d_c) C* with the previous contexts, (B, k) windows, (B,) targets."""
+        stored, index = self._read(positions)
+        return self._examples(positions, with_previous(stored, index, self.prev_contexts), device)
 
     def batches(self, order: np.ndarray, sizes: int | Sequence[int], device: torch.device):
         """The batches of consecutive examples of `order` (indices into positions): `sizes` examples
         each (an int) or the given sizes. C* is read about LOAD_BYTES at a time, in file order, and
         decoded a batch at a time."""
         bounds = batch_bounds(len(order), sizes)
-        per_load = max(1, LOAD_BYTES // (self.cstar.row_bytes * max(1, int(np.diff(bounds).max(initial=1)))))
+        rows_per_example = (1 + self.prev_contexts) * self.cstar.row_bytes
+        per_load = max(1, LOAD_BYTES // (rows_per_example * max(1, int(np.diff(bounds).max(initial=1)))))
         for g in range(0, len(bounds) - 1, per_load):
             group = bounds[g : g + per_load + 1]
             positions = self.positions[order[group[0] : group[-1]]]
-            ordered, where = np.unique(positions, return_inverse=True)
-            stored = self.cstar.read(ordered)
+            stored, index = self._read(positions)
             for a, b in zip(group[:-1] - group[0], group[1:] - group[0]):
-                yield self._examples(positions[a:b], decode_cstar(stored[where[a:b]]), device)
+                yield self._examples(positions[a:b], with_previous(stored, index[a:b], self.prev_contexts), device)
             del stored
             release_free_memory()
 

@@ -45,7 +45,10 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         result = train_context_block(block, x, doc_starts, params.phase1, generator, checkpoint, on_iteration=curves)
         if not distributed.is_main():
             return
-        print(f"phase 1: {result.iterations} iterations, convergence {result.convergence_rate:.1%}, {result.seconds:.1f} s")
+        if result.iterations:
+            print(f"phase 1: {result.iterations} iterations, convergence {result.convergence_rate:.1%}, {result.seconds:.1f} s")
+        else:
+            print("phase 1: phase1.max_iterations is 0: the seeded random ContextBlock is kept untrained (a control)")
         with atomic_dir(Path("data/context")) as out:
             save_weights(out, CONTEXT_WEIGHTS, block.state_dict(), cfg.to_metadata())
             write_manifest(out, {"config": cfg.to_metadata()})
@@ -54,7 +57,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             {"iterations": result.iterations, "convergence_rate": result.convergence_rate, "final_loss": result.final_loss,
              "phase1_seconds": round(result.seconds, 2), "params_context_block": count(block),
              "phase1_tokens": len(rows), "phase1_documents": int(doc_starts.sum()),
-             "tokens_per_s": round(len(rows) * result.iterations / result.seconds), "seconds": elapsed_since(start)},
+             "tokens_per_s": round(len(rows) * result.iterations / result.seconds) if result.iterations else 0, "seconds": elapsed_since(start)},
         )
         checkpoint.clear()
 

@@ -1,6 +1,7 @@
 """Phase 2: train the TokenBlock on (C*, x) with cross-entropy -> data/token_model (best epoch)."""
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ctxlm import distributed
@@ -24,9 +25,9 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         params = load_params(params_file)
         _, splits, embedding = load_token_folder(Path("data/tokens"))
         train_cstar, val_cstar = CstarReader(Path("data/cstar/train")), CstarReader(Path("data/cstar/val"))
-        cfg = ModelConfig.from_metadata(train_cstar.meta["config"])
-        train = SplitData(train_cstar, splits["train"], cfg.num_input_tokens)
-        val = SplitData(val_cstar, splits["val"], cfg.num_input_tokens)
+        cfg = replace(ModelConfig.from_metadata(train_cstar.meta["config"]), prev_contexts=params.model.prev_contexts)
+        train = SplitData(train_cstar, splits["train"], cfg.num_input_tokens, cfg.prev_contexts)
+        val = SplitData(val_cstar, splits["val"], cfg.num_input_tokens, cfg.prev_contexts)
         device = pick_device()
         generator = seed_everything(params.seed)
         phase2 = with_device_precision(params.phase2, device)

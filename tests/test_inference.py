@@ -304,3 +304,31 @@ def test_score_input_is_cut_into_documents_as_data_source_cuts_a_corpus(tmp_path
     assert text_to_documents(str(tmp_path / "b.jsonl"), one_document=True) == ["one\n\ntwo\nthree"]  # the records' texts, not raw JSON
     with pytest.raises(CtxlmError, match="no such file or folder"):
         text_to_documents(str(tmp_path / "missing.txt"))
+
+
+def test_with_previous_contexts_the_stepper_gives_the_batch_path_s_logits():
+    """prev_contexts 2: the TokenBlock reads c_{i-1} and c_{i-2} of the final layer, zeros before the
+    start; the batch path's inputs are built here by a plain loop over the positions."""
+    from dataclasses import replace
+
+    block = make_block(num_input_tokens=2, num_layers=2, vocab_size=V)
+    model = TokenModel(replace(block.cfg, prev_contexts=2), torch.randn(V, block.cfg.embed_dim), weight_tying=True, freeze_embedding=True).eval()
+    ids = torch.randint(0, V, (9,)).tolist()
+    starts = torch.zeros(9, dtype=torch.bool)
+    starts[0] = True
+    windows = token_windows(torch.tensor(ids), starts, 2)
+    cstar = np.zeros((9, 2, block.cfg.context_dim), dtype=np.float32)
+    cstar_into(block, model.embedding.detach(), windows, np.array([0, 9]), cstar)
+    zero = np.zeros(block.cfg.context_dim, dtype=np.float32)
+    rows = [np.stack([cstar[i, 0], cstar[i, 1], cstar[i - 1, 1] if i >= 1 else zero, cstar[i - 2, 1] if i >= 2 else zero]) for i in range(9)]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(np.stack(rows)), windows)
+    stepper = CtxlmStepper(block, model)
+    state, stepped = stepper.initial(), []
+    for token in ids:
+        state, logits = stepper.read(state, token)
+        stepped.append(logits)
+    assert torch.allclose(torch.stack(stepped), expected, atol=1e-5)
+    text = TokenizedSplit(np.array(ids, dtype=np.int32), np.array([0, 9]), 9, 9)
+    scores = score_tokens(block, model, text)
+    assert np.allclose(scores.logprob, torch.log_softmax(expected[:-1], 1)[torch.arange(8), torch.tensor(ids[1:])].numpy(), atol=1e-5)

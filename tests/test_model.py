@@ -9,9 +9,10 @@ from ctxlm.model import ContextBlock, ModelConfig, TokenBlock, TokenModel, input
 def test_config_from_params_keeps_every_switch():
     from ctxlm.config import ModelParams
 
-    params = ModelParams(context_dim=24, num_layers=3, num_input_tokens=2, token_input_all_layers=False)
+    params = ModelParams(context_dim=24, num_layers=3, num_input_tokens=2, token_input_all_layers=False, prev_contexts=2)
     cfg = ModelConfig.from_params(params, torch.zeros(50, 8))
-    assert (cfg.vocab_size, cfg.embed_dim, cfg.context_dim, cfg.num_layers, cfg.num_input_tokens, cfg.token_input_all_layers) == (50, 8, 24, 3, 2, False)
+    assert (cfg.vocab_size, cfg.embed_dim, cfg.context_dim, cfg.num_layers, cfg.num_input_tokens, cfg.token_input_all_layers, cfg.prev_contexts) == (
+        50, 8, 24, 3, 2, False, 2)
     assert ModelConfig.from_metadata(cfg.to_metadata()) == cfg
 
 
@@ -93,3 +94,14 @@ def test_causality(k):
     c2, l2 = run(changed)
     assert torch.equal(c1[:j], c2[:j]) and torch.equal(l1[:j], l2[:j])
     assert not torch.allclose(c1[j], c2[j]) and not torch.allclose(l1[j], l2[j])
+
+
+def test_previous_contexts_widen_each_token_block_layer_s_context_input():
+    """p = 2 previous final-layer contexts: each layer's U_l reads (1 + 2) d_c context numbers, then h."""
+    from dataclasses import replace
+
+    cfg = replace(make_config(context_dim=12, num_layers=2, embed_dim=8), prev_contexts=2)
+    block = TokenBlock(cfg)
+    assert [linear.in_features for linear in block.linears] == [3 * 12 + 8, 3 * 12 + 8]
+    assert ModelConfig.from_metadata(cfg.to_metadata()) == cfg
+    assert "prev_contexts" not in replace(cfg, prev_contexts=0).to_metadata()  # files of models without it stay as they were

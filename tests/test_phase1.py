@@ -108,3 +108,15 @@ def test_phase1_samples_whole_documents_up_to_its_token_budget():
     assert document_rows(offsets, np.array([1, 3])).tolist() == [5, 6, 7, 16, 17]  # documents 1 (5..7) and 3 (16, 17)
     with pytest.raises(CtxlmError, match="phase1.max_tokens is 0, shorter than every training document"):
         sample_documents(offsets[[0, 1]], 0, 0)
+
+
+def test_zero_iterations_leave_the_block_as_initialised():
+    """phase1.max_iterations: 0, the untrained control: no step is taken, nothing is reported as converged."""
+    torch.manual_seed(5)
+    block = make_block(torch.float32, num_layers=2)
+    initial = {k: v.clone() for k, v in block.state_dict().items()}
+    starts = torch.zeros(60, dtype=torch.bool)
+    starts[::20] = True
+    result = train_context_block(block, torch.randn(60, 8), starts, Phase1Params(max_iterations=0, batch_tokens=30), torch.Generator().manual_seed(5))
+    assert (result.iterations, result.convergence_rate, result.final_loss, result.history) == (0, None, None, [])
+    assert all(torch.equal(block.state_dict()[k], v) for k, v in initial.items())

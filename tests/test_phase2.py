@@ -10,9 +10,10 @@ from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Params, Phase2Params
 from ctxlm.cstar import generate_split
 from ctxlm.model import TokenModel
-from ctxlm.phase2 import SHUFFLE_BLOCK, SHUFFLE_ROWS, SplitData, block_shuffled_order, evaluate_split, train_token_model, training_loss
+from ctxlm.phase2 import (SHUFFLE_BLOCK, SHUFFLE_ROWS, SplitData, block_shuffled_order, evaluate_split, previous_positions, train_token_model,
+                          training_loss)
 from ctxlm.runtime import configure_device
-from ctxlm.shards import CstarReader, write_manifest
+from ctxlm.shards import CstarReader, TokenSplit, write_manifest
 
 
 def make_split(tmp_path, name, lengths, block, embedding, seed):
@@ -191,3 +192,30 @@ def test_a_compiled_token_block_trains_to_the_same_weights_under_the_same_names(
     assert list(compiled) == list(plain)
     assert max((compiled[k] - plain[k]).abs().max().item() for k in plain) < 1e-5
     assert runs[True].history[-1]["val_loss"] == pytest.approx(runs[False].history[-1]["val_loss"], rel=1e-5)
+
+
+def test_previous_positions_by_hand():
+    """Documents 0-2 and 3-6; p = 2: -1 before a document's start."""
+    got = previous_positions(np.array([0, 1, 2, 3, 4, 6]), np.array([0, 3, 7]), 2)
+    assert got.tolist() == [[-1, -1], [0, -1], [1, 0], [-1, -1], [3, -1], [5, 4]]
+
+
+def test_split_data_with_previous_contexts_reads_the_right_rows(tmp_path, monkeypatch):
+    """prev_contexts 3: each example's C* rows, then the final layer of the 3 positions before it
+    (zeros before its document), compared with rows read one by one; batched reads likewise."""
+    _, _, plain, _ = setup(tmp_path)  # documents of 40, 90, 25 and 60 tokens
+    data = SplitData(plain.cstar, TokenSplit(tmp_path, "train"), 2, prev_contexts=3)
+    starts = {0, 40, 130, 155}
+    positions = np.array([0, 1, 2, 3, 39, 40, 41, 43, 131, 200])
+    contexts, _, _ = data.batch(positions, torch.device("cpu"))
+    L = plain.cstar.row_shape[0]
+    for row, i in enumerate(positions):
+        assert torch.equal(contexts[row, :L], plain.cstar.gather(np.array([i]))[0])
+        first = max(s for s in starts if s <= i)
+        for j in range(1, 4):
+            expected = plain.cstar.gather(np.array([i - j]))[0, -1] if i - j >= first else torch.zeros(contexts.shape[-1])
+            assert torch.equal(contexts[row, L + j - 1], expected), (i, j)
+    monkeypatch.setattr("ctxlm.phase2.LOAD_BYTES", 20 * 4 * data.cstar.row_bytes)  # several reads
+    order = np.random.default_rng(0).permutation(len(data))
+    batched = torch.cat([c for c, _, _ in data.batches(order, 7, torch.device("cpu"))])
+    assert torch.equal(batched, data.batch(data.positions[order], torch.device("cpu"))[0])

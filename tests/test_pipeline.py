@@ -12,9 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import ENV, TINY, ran_stages, sh, write_params
+from ctxlm.model import ContextBlock
+from ctxlm.runtime import seed_everything
+from ctxlm.weights import load_context_block
 
 CTXLM = {"prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate"}
 BASELINES = {f"baselines/dvc.yaml:{name}" for name in ("baseline_ngram", "baseline_neural@lstm", "baseline_neural@transformer")}
@@ -89,6 +93,25 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
     assert ran_stages(two.stdout) == {"train_context", "generate_cstar", "train_token", "evaluate"}
     in_two = json.loads((repo / "metrics/eval.json").read_text())
     assert {k: in_two[k] for k in QUALITY} == pytest.approx({k: two_layers[k] for k in QUALITY}, rel=1e-4)
+
+    # two previous contexts: phase 2 alone reruns, from the same C*; each of the 2 TokenBlock layers
+    # reads 2 x d_c more numbers for each of its d_e outputs
+    previous = sh(repo, "dvc", "exp", "run", "-S", "model.prev_contexts=2")
+    assert ran_stages(previous.stdout) == {"train_token", "evaluate"}
+    with_previous = json.loads((repo / "metrics/eval.json").read_text())
+    assert with_previous["params_trainable_phase2"] - in_two["params_trainable_phase2"] == 2 * 2 * TINY["model"]["context_dim"] * 384
+    text = sh(repo, sys.executable, "-m", "ctxlm", "generate", "to be", "--max-tokens", "4", "--greedy").stdout
+    assert text.startswith("to be") and len(text) > len("to be\n")
+
+    # the untrained control: the ContextBlock as seeded and initialised, never stepped
+    control = sh(repo, "dvc", "exp", "run", "-S", "phase1.max_iterations=0")
+    assert ran_stages(control.stdout) == {"train_context", "generate_cstar", "train_token", "evaluate"}
+    phase1 = json.loads((repo / "metrics/train_context.json").read_text())
+    assert (phase1["iterations"], phase1["convergence_rate"]) == (0, None)
+    block, cfg = load_context_block(repo / "data/context")
+    seed_everything(0)
+    initial = ContextBlock(cfg)
+    assert all(torch.equal(block.state_dict()[k], v) for k, v in initial.state_dict().items())
 
 
 def use_the_trained_models(repo: Path, metrics: dict) -> None:

@@ -1,0 +1,43 @@
+"""The power-law fit against known curves: points computed from chosen E, A, alpha, and crossings
+solved by hand."""
+
+import numpy as np
+import pytest
+
+from ctxlm.errors import CtxlmError
+from ctxlm.scaling import PowerLawFit, crossing, fit_power_law
+
+SIZES = np.array([25e3, 50e3, 100e3, 250e3, 500e3])
+
+
+def test_the_fit_recovers_the_research_s_curve_from_its_own_points():
+    """E 95.4 and alpha 0.78 (the research's fit), A such that PPL(240k) = 258.3 as it measured."""
+    A = (258.3 - 95.4) * 240e3**0.78
+    fit = fit_power_law(SIZES, 95.4 + A * SIZES**-0.78)
+    assert fit.E == pytest.approx(95.4, rel=0.05) and fit.alpha == pytest.approx(0.78, rel=0.05) and fit.A == pytest.approx(A, rel=0.05)
+    assert fit.r2 == pytest.approx(1.0, abs=1e-9)
+    assert fit(240e3) == pytest.approx(258.3, rel=1e-4)
+
+
+def test_the_fit_recovers_a_curve_from_noisy_points_within_5_percent_with_intervals_around_it():
+    rng = np.random.default_rng(0)
+    sizes = np.geomspace(25e3, 4e6, 8)
+    ppl = (120.0 + 4e4 * sizes**-0.6) * (1 + 0.002 * rng.standard_normal(len(sizes)))
+    fit = fit_power_law(sizes, ppl)
+    for got, true, interval in ((fit.E, 120.0, fit.E_interval), (fit.A, 4e4, fit.A_interval), (fit.alpha, 0.6, fit.alpha_interval)):
+        assert got == pytest.approx(true, rel=0.05)
+        assert interval[0] < got < interval[1]
+    assert 0.99 < fit.r2 < 1.0
+
+
+def test_two_curves_cross_where_the_algebra_says():
+    """Same alpha: E1 + A1 n^-a = E2 + A2 n^-a  <=>  n = ((A1 - A2) / (E2 - E1))^(1/a)."""
+    first = PowerLawFit(100.0, 1e5, 0.5, (0, 0), (0, 0), (0, 0), 1.0)
+    second = PowerLawFit(150.0, 2e4, 0.5, (0, 0), (0, 0), (0, 0), 1.0)
+    assert crossing(first, second) == pytest.approx(((1e5 - 2e4) / 50.0) ** 2, rel=1e-6)  # 2.56M tokens
+    assert crossing(first, PowerLawFit(50.0, 2e4, 0.5, (0, 0), (0, 0), (0, 0), 1.0)) is None  # always above
+
+
+def test_a_fit_needs_four_distinct_sizes():
+    with pytest.raises(CtxlmError, match="at least 4 distinct training sizes"):
+        fit_power_law([1e4, 1e4, 2e4, 3e4], [300, 300, 250, 200])
