@@ -1,7 +1,11 @@
-"""Shared set-up for the benchmarks: offline default tokens, a ContextBlock, C* shards in a temp folder."""
+"""Shared set-up for the benchmarks: offline default tokens, a ContextBlock, C* shards in a temp
+folder, and running a stage as a subprocess."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +62,24 @@ def cstar_shards(folder: Path, block: ContextBlock, embedding: torch.Tensor, tok
     shards = generate_split(block, embedding, tokens, out, shard_tokens=1 << 18, desc=f"C* {split}")
     write_manifest(out, {"config": block.cfg.to_metadata(), "shards": shards})
     return CstarReader(out)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_stage(folder: Path, stage: str, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run `python -m stages.<stage>` in `folder` (a pipeline folder with its params.yaml), alone,
+    with `env` added; -> (its peak RSS in MB, from the kernel, and its wall seconds). A failed stage
+    ends the benchmark with its error."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=folder, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = process.stderr.read().decode()  # to the end, i.e. the stage's exit: a full pipe would stall it
+    process.stderr.close()
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: stage {stage} failed in {folder}:\n{stderr[-3000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
 def workdir() -> Path:

@@ -19,11 +19,8 @@ The last line is one JSON object of the figures.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +29,7 @@ import torch
 import typer
 import yaml
 
+from bench.common import REPO, run_stage, workdir
 from ctxlm.config import Phase2Params
 from ctxlm.cstar import cstar_into, split_windows
 from ctxlm.model import TokenModel
@@ -41,7 +39,6 @@ from ctxlm.shards import CstarReader, load_token_folder
 from ctxlm.weights import load_context_block
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate"]
 TINY = {"data": {"max_train_tokens": 3000, "max_val_tokens": 1200}, "model": {"context_dim": 16},
         "phase1": {"max_iterations": 3, "batch_tokens": 1000}, "phase2": {"epochs": 2, "patience": 1, "batch_size": 256},
@@ -55,14 +52,10 @@ def synchronize(device: torch.device) -> None:
 
 def run_stages(folder: Path, device: torch.device) -> dict[str, float]:
     """The pipeline's stages in `folder`, one subprocess each (what `dvc repro` runs); their wall times."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CTXLM_DEVICE": str(device), "HF_HUB_OFFLINE": "1"}
     seconds = {}
     for stage in STAGES:
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=folder, env=env, capture_output=True, text=True)
-        seconds[stage] = round(time.perf_counter() - start, 2)
-        if done.returncode != 0:
-            sys.exit(f"bench.gpu: stage {stage} failed:\n{done.stderr[-3000:]}")
+        _, seconds[stage] = run_stage(folder, stage, {"CTXLM_DEVICE": str(device), "HF_HUB_OFFLINE": "1"})
+        seconds[stage] = round(seconds[stage], 2)
         print(f"{stage}: {seconds[stage]:.1f} s", flush=True)
     return seconds
 
@@ -132,7 +125,7 @@ def main(device: str = typer.Option("cuda", help="cuda | cuda:N | cpu"), tiny: b
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench.gpu: no CUDA device here (torch.cuda.is_available() is False); --device cpu --tiny checks the script on a CPU")
-    folder = Path(tempfile.mkdtemp(prefix="ctxlm-gpu-"))
+    folder = workdir()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in (TINY if tiny else {}).items():
         params[section].update(values)

@@ -11,10 +11,6 @@ evaluate run as subprocesses, each alone, and their peak RSS is read from the ke
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +18,13 @@ import torch
 import typer
 import yaml
 
-from bench.common import workdir
+from bench.common import run_stage, workdir
 from ctxlm.config import Params
 from ctxlm.model import ContextBlock, ModelConfig
 from ctxlm.shards import atomic_dir, save_embedding, save_tokens, write_manifest
 from ctxlm.weights import CONTEXT_WEIGHTS, save_weights
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-REPO = Path(__file__).resolve().parents[1]
 VOCAB, EMBED_DIM = 1000, 64
 
 
@@ -62,19 +57,6 @@ def prepare_folder(folder: Path, train_tokens: int, context_dim: int, dtype: str
     params["phase2"].update(epochs=1, patience=1)
     params["evaluate"]["rank_rows"] = 2000
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
-
-
-def run_stage(folder: Path, stage: str) -> tuple[float, float]:
-    """Run `python -m stages.<stage>` in `folder`; -> (peak RSS in MB, seconds)."""
-    start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    stderr = process.stderr.read().decode()
-    process.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench.memory: stage {stage} failed in {folder}:\n{stderr}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
 @app.command()

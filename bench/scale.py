@@ -26,8 +26,7 @@ import typer
 import yaml
 from safetensors.torch import save_file
 
-from bench.common import workdir
-from bench.memory import run_stage
+from bench.common import run_stage, workdir
 from ctxlm.config import Params
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ctxlm.cstar import cstar_into
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, TokenModel, input_features, token_windows
-from ctxlm.phase2 import previous_positions, score_batches, with_previous
+from ctxlm.phase2 import example_rows, score_batches, with_previous
 from ctxlm.runtime import one_thread
 from ctxlm.shards import doc_starts, has_next
 from ctxlm.tokens import TokenizedSplit
@@ -213,7 +213,7 @@ def score_tokens(block: ContextBlock, model: TokenModel, tokens: TokenizedSplit)
     model.eval()
 
     p = model.cfg.prev_contexts
-    index = np.concatenate([np.arange(n)[:, None], previous_positions(np.arange(n), offsets, p)], axis=1)  # (n, 1 + p)
+    index = example_rows(np.arange(n), offsets, p)  # (n, 1 + p)
 
     def batches():
         for a in range(0, len(positions), SCORE_BATCH):

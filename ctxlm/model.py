@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+OPTIONAL_FIELDS = {"prev_contexts"}  # written only when set; absent from older files, where they take their default
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int  # V
@@ -37,16 +40,15 @@ class ModelConfig:
         )
 
     def to_metadata(self) -> dict[str, str]:
-        """Every field as text; prev_contexts only when set, so that files of models without it stay as they were."""
-        return {key: str(value) for key, value in asdict(self).items() if key != "prev_contexts" or value}
+        """Every field as text; the OPTIONAL ones only when set, so that files of models without them stay as they were."""
+        return {key: str(value) for key, value in asdict(self).items() if key not in OPTIONAL_FIELDS or value}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> "ModelConfig":
         def parse(key: str, value: str):
             return value == "True" if key == "token_input_all_layers" else int(value)
 
-        optional = {"prev_contexts"}  # absent from files written without it: its default
-        return cls(**{key: parse(key, meta[key]) for key in cls.__dataclass_fields__ if key in meta or key not in optional})
+        return cls(**{key: parse(key, meta[key]) for key in cls.__dataclass_fields__ if key in meta or key not in OPTIONAL_FIELDS})
 
 
 def token_windows(ids: torch.Tensor, doc_starts: torch.Tensor, k: int) -> torch.Tensor:
@@ -120,7 +122,6 @@ class TokenBlock(nn.Module):
         super().__init__()
         widths = token_block_widths(cfg)
         d_c = cfg.context_dim * (1 + cfg.prev_contexts)
-        self.num_layers = cfg.num_layers
         self.linears = nn.ModuleList(
             nn.Linear(d_c + w_in, w_out) for w_in, w_out in zip(widths[:-1], widths[1:])
         )
@@ -133,7 +134,7 @@ class TokenBlock(nn.Module):
     def forward(self, contexts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B, L + p, d_c) C* (its L layers, then c_{i-1}^L .. c_{i-p}^L) and (B, d_x) inputs -> (B, d_e) final hidden state h^L."""
         h = x
-        previous = contexts[:, self.num_layers :].flatten(1)  # (B, p * d_c)
+        previous = contexts[:, len(self.linears) :].flatten(1)  # (B, p * d_c): what follows the L layers
         for l, (linear, residual, norm) in enumerate(zip(self.linears, self.residuals, self.norms)):
             h = norm(residual(h) + F.gelu(linear(torch.cat([contexts[:, l], previous, h], dim=-1))))
         return h

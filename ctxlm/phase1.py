@@ -25,9 +25,12 @@ def oacd_loss(contexts: torch.Tensor, centroid_weight: float) -> torch.Tensor:
     return -dispersion + centroid_weight * centroid.square().sum()
 
 
-def previous_contexts(contexts: torch.Tensor, doc_starts: torch.Tensor) -> torch.Tensor:
-    """(N, d_c) -> (N, d_c) with row i = contexts[i-1], and zeros at each document's first token."""
+def previous_contexts(contexts: torch.Tensor, doc_starts: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, d_c) -> (N, d_c) with row i = contexts[i-1] (row 0: `before`, the context of the token
+    before these rows, when given), and zeros at each document's first token."""
     prev = torch.roll(contexts, 1, dims=0)
+    if before is not None:
+        prev[0] = before
     prev[doc_starts] = 0.0
     return prev
 
@@ -126,8 +129,7 @@ def train_context_block(
     for iteration in bar:
         if history and history[-1]["convergence_rate"] >= params.early_stop_convergence:
             break
-        before = distributed.previous_row(contexts[-1])  # the context before this share's first token
-        prev = previous_contexts(torch.cat([before[None], contexts]), torch.cat([doc_starts[:1], doc_starts]))[1:]
+        prev = previous_contexts(contexts, doc_starts, before=distributed.previous_row(contexts[-1]))  # the share before ends with it
         if params.context_noise > 0:
             noise = torch.randn(n, d_c, generator=generator)[rows]  # drawn whole: the same noise for any number of processes
             prev += noise.to(device) * params.context_noise * not_start

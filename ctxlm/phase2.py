@@ -98,6 +98,12 @@ def block_shuffled_order(n: int, generator: torch.Generator) -> np.ndarray:
     return order
 
 
+def example_rows(positions: np.ndarray, offsets: np.ndarray, p: int) -> np.ndarray:
+    """(M,) positions -> (M, 1 + p) the C* rows each example reads: its own, then previous_positions."""
+    rows = positions[:, None].astype(np.int64)
+    return np.concatenate([rows, previous_positions(positions, offsets, p)], axis=1) if p else rows
+
+
 def previous_positions(positions: np.ndarray, offsets: np.ndarray, p: int) -> np.ndarray:
     """(M,) token positions -> (M, p) the positions 1 .. p before each, -1 where that is before the
     start of the position's document (`offsets`: the split's document offsets)."""
@@ -148,9 +154,7 @@ class SplitData:
     def _read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stored C* rows that `positions` need, each read once in file order, and (M, 1 + p)
         indices into them (-1: before the document's start)."""
-        rows = positions[:, None].astype(np.int64)
-        if self.prev_contexts:
-            rows = np.concatenate([rows, previous_positions(positions, self.offsets, self.prev_contexts)], axis=1)
+        rows = example_rows(positions, self.offsets, self.prev_contexts)
         ordered, where = np.unique(rows[rows >= 0], return_inverse=True)
         index = np.full(rows.shape, -1, dtype=np.int64)
         index[rows >= 0] = where.ravel()
@@ -363,9 +367,8 @@ def train_epochs(
     pending = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, tokens since the last read
 
     def flush(epoch: int) -> None:
-        nonlocal pending
         loss_sum, tokens = distributed.all_sum(pending).tolist()
-        pending = torch.zeros_like(pending)
+        pending.zero_()
         if not math.isfinite(loss_sum):
             raise CtxlmError(
                 f"{name}: loss became {loss_sum} at epoch {epoch}, step {run['step']}; "
@@ -407,9 +410,9 @@ def train_epochs(
             {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss), "train_acc": train_acc,
              "running_train_ppl": math.exp(running_loss), "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_acc": val_acc}
         )
-        if on_epoch and distributed.is_main():
-            on_epoch(run["history"])
         if distributed.is_main():
+            if on_epoch:
+                on_epoch(run["history"])
             print(f"{name} epoch {epoch}: train ppl {math.exp(train_loss):.1f}, val ppl {math.exp(val_loss):.1f}, val acc {val_acc:.2%}", flush=True)
         if val_loss < run["best_loss"]:
             run.update(best_loss=val_loss, best_epoch=epoch, stale=0, best_state=trained_state(model))

@@ -14,6 +14,7 @@ validation (early stopping) and a disjoint `data.test_fraction` for test (the he
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 import random
@@ -95,15 +96,8 @@ def text_documents(path: Path) -> Iterator[tuple[str, str]]:
         for f in files:
             yield str(f.relative_to(path)), "".join(_text_lines(f))
         return
-    block: list[str] = []
-    index = 0
-    for line in _text_lines(path):
-        if line.strip():
-            block.append(line)
-        elif block:
-            yield f"{path.name}#{index}", "".join(block).removesuffix("\n")
-            block, index = [], index + 1
-    if block:
+    blocks = (list(lines) for blank, lines in itertools.groupby(_text_lines(path), key=lambda line: not line.strip()) if not blank)
+    for index, block in enumerate(blocks):
         yield f"{path.name}#{index}", "".join(block).removesuffix("\n")
 
 
@@ -165,9 +159,11 @@ def held_out(count: int, val_fraction: float, test_fraction: float, seed: int) -
 def split_documents(read: Callable[[], Iterator[tuple[str, str]]], val_fraction: float, test_fraction: float, seed: int) -> Iterator[dict]:
     """The non-empty documents of `read()` in corpus order, each tagged with its split (held_out).
     Two passes over the source, the first to count: the corpus is never held whole."""
-    split = held_out(sum(1 for _, text in read() if text.strip()), val_fraction, test_fraction, seed)
-    kept = (doc for doc in read() if doc[1].strip())
-    for i, (title, text) in enumerate(kept):
+    def kept() -> Iterator[tuple[str, str]]:
+        return ((title, text) for title, text in read() if text.strip())
+
+    split = held_out(sum(1 for _ in kept()), val_fraction, test_fraction, seed)
+    for i, (title, text) in enumerate(kept()):
         yield {"split": split.get(i, "train"), "group": title, "title": title, "text": text}
 
 
@@ -206,17 +202,20 @@ def write_documents(documents: Iterator[dict], path: Path, source: str, batch: i
                 writer.write_table(pa.Table.from_pylist(rows, schema))
                 rows = []
         writer.write_table(pa.Table.from_pylist(rows, schema))
-    for split in SPLITS:
-        if not counts[split]:
-            raise CtxlmError(f"data.source '{source}': the {split} split has no documents")
+    require_every_split(counts, source)
     return counts
+
+
+def require_every_split(counts: dict[str, int], source: str) -> None:
+    """One clear error when a split got no document (documents per split: `counts`)."""
+    for split in SPLITS:
+        if not counts.get(split):
+            raise CtxlmError(f"data.source '{source}': the {split} split has no documents")
 
 
 def load_documents(params: DataParams, seed: int) -> pd.DataFrame:
     """The whole corpus as a DataFrame (split, group, title, text): for small corpora and tests;
     `prepare` streams iter_documents instead."""
     frame = pd.DataFrame(list(iter_documents(params, seed)), columns=["split", "group", "title", "text"])
-    for split in SPLITS:
-        if not (frame["split"] == split).any():
-            raise CtxlmError(f"data.source '{params.source}': the {split} split has no documents")
+    require_every_split(frame["split"].value_counts().to_dict(), params.source)
     return frame

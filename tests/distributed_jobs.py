@@ -24,11 +24,17 @@ from test_phase2 import setup
 CPU = torch.device("cpu")
 
 
+def own_data_folder(out: Path) -> Path:
+    """OUT/data-<rank>, new, or emptied of a rerun's files."""
+    data = out / f"data-{os.environ.get('RANK', '0')}"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    return data
+
+
 def phase2_data(out: Path):
     """test_phase2's tiny data, made by each process for itself before the processes join."""
-    data = out / f"data-{os.environ.get('RANK', '0')}"
-    shutil.rmtree(data, ignore_errors=True)  # a rerun's
-    return setup(data)
+    return setup(own_data_folder(out))
 
 
 def phase2(out: Path, data) -> dict:
@@ -72,10 +78,7 @@ def phase1(out: Path, data) -> dict:
 
 
 def cstar_data(out: Path):
-    data = out / f"data-{os.environ.get('RANK', '0')}"
-    shutil.rmtree(data, ignore_errors=True)
-    data.mkdir(parents=True)
-    return make_token_split(data, [7, 30, 1, 12, 25, 9, 14])
+    return make_token_split(own_data_folder(out), [7, 30, 1, 12, 25, 9, 14])
 
 
 def cstar(out: Path, tokens) -> dict:
@@ -89,9 +92,7 @@ def cstar(out: Path, tokens) -> dict:
 
 def baseline_data(out: Path):
     """Documents of 60, 45, 80, 33 and 51 random ids (train) and 30, 25 (val), each process its own copy."""
-    data = out / f"data-{os.environ.get('RANK', '0')}"
-    shutil.rmtree(data, ignore_errors=True)
-    data.mkdir(parents=True)
+    data = own_data_folder(out)
     return make_token_split(data, [60, 45, 80, 33, 51], vocab=40, seed=1), make_token_split(data, [30, 25], vocab=40, seed=2, split="val")
 
 

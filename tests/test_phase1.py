@@ -22,6 +22,8 @@ def test_previous_contexts_reset_at_document_starts_and_are_not_circular():
     contexts = torch.arange(1.0, 6.0).unsqueeze(1)
     starts = torch.tensor([True, False, False, True, False])
     assert previous_contexts(contexts, starts).squeeze(1).tolist() == [0.0, 1.0, 2.0, 0.0, 4.0]
+    inside = torch.tensor([False, False, False, True, False])  # rows that start inside a document (another process's share before)
+    assert previous_contexts(contexts, inside, before=torch.tensor([9.0])).squeeze(1).tolist() == [9.0, 1.0, 2.0, 0.0, 4.0]
 
 
 def run_phase1(seed: int, x: torch.Tensor, checkpoint=None, **overrides):
