@@ -20,7 +20,7 @@ from ctxlm.model import ContextBlock, ModelConfig
 from ctxlm.shards import CstarReader, TokenSplit, save_tokens, write_manifest
 from ctxlm.sources import load_documents
 from ctxlm.tokens import tokenize_documents
-from ctxlm.weights import load_context_block
+from ctxlm.weights import load_context_blocks
 
 
 def batched_cstar(block: ContextBlock, embedding: torch.Tensor, docs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -29,7 +29,7 @@ def batched_cstar(block: ContextBlock, embedding: torch.Tensor, docs: list[torch
     windows = torch.cat(docs)
     offsets = np.concatenate([[0], np.cumsum([d.shape[0] for d in docs])])
     dtype = np.float64 if embedding.dtype == torch.float64 else np.float32
-    out = np.zeros((len(windows), block.cfg.num_layers, block.cfg.context_dim), dtype=dtype)
+    out = np.zeros((len(windows), block.cfg.num_layers, block.cfg.cstar_dim), dtype=dtype)
     cstar_into(block, embedding, windows, offsets, out)
     result = torch.from_numpy(out)
     return [result[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
@@ -50,7 +50,7 @@ def offline_tokens(folder: Path, train_tokens: int, val_tokens: int) -> tuple[To
 def context_block(embedding: torch.Tensor) -> tuple[ContextBlock, str]:
     """The trained block from data/context when present, else a seeded random one at default size."""
     if Path("data/context/manifest.json").is_file():
-        return load_context_block(Path("data/context"))[0], "trained (data/context)"
+        return load_context_blocks(Path("data/context"))[0], "trained (data/context)"
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=embedding.shape[0], embed_dim=embedding.shape[1])
     return ContextBlock(cfg).eval().requires_grad_(False), "random (run dvc repro for trained weights)"

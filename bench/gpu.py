@@ -36,7 +36,7 @@ from ctxlm.model import TokenModel
 from ctxlm.phase2 import SplitData, train_token_model
 from ctxlm.runtime import resolve_precision
 from ctxlm.shards import CstarReader, load_token_folder
-from ctxlm.weights import load_context_block
+from ctxlm.weights import load_context_blocks
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 STAGES = ["prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate"]
@@ -79,7 +79,7 @@ def phase2_rate(folder: Path, device: torch.device, steps: int) -> dict:
     params = yaml.safe_load((folder / "params.yaml").read_text())
     phase2 = Phase2Params(**{**params["phase2"], "epochs": 1, "patience": 1})
     phase2 = phase2.model_copy(update={"precision": resolve_precision(phase2.precision, device)})
-    block, cfg = load_context_block(folder / "data/context")
+    block, cfg = load_context_blocks(folder / "data/context")
     train = SplitData(CstarReader(folder / "data/cstar/train"), splits["train"], cfg.num_input_tokens)
     val = SplitData(CstarReader(folder / "data/cstar/val"), splits["val"], cfg.num_input_tokens)
     train.positions = train.positions[: steps * phase2.batch_size]
@@ -105,11 +105,11 @@ def cstar_error(folder: Path, device: torch.device, tokens: int) -> dict:
     val = splits["val"]
     documents = int(np.searchsorted(val.offsets, tokens)) or 1
     offsets = val.offsets[: documents + 1].astype(np.int64)
-    block, cfg = load_context_block(folder / "data/context")
+    block, cfg = load_context_blocks(folder / "data/context")
     windows = split_windows(val, cfg.num_input_tokens)[: offsets[-1]]
     results = {}
     for name, dev, dtype in (("device", device, torch.float32), ("cpu_fp64", torch.device("cpu"), torch.float64)):
-        out = np.zeros((int(offsets[-1]), cfg.num_layers, cfg.context_dim), dtype=np.float32 if dtype == torch.float32 else np.float64)
+        out = np.zeros((int(offsets[-1]), cfg.num_layers, cfg.cstar_dim), dtype=np.float32 if dtype == torch.float32 else np.float64)
         synchronize(device)
         start = time.perf_counter()
         cstar_into(block.to(dev, dtype), embedding.to(dev, dtype), windows.to(dev), offsets, out)

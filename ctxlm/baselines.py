@@ -2,7 +2,7 @@
 
 They read the same input features x_t = LayerNorm(E[t]) and predict through the same head (E tied,
 or an untied copy of E) as ctxlm; only the body between them differs. Each body is sized so that
-its trainable parameters match ctxlm's trained blocks (ContextBlock + TokenBlock), and it is
+its trainable parameters match ctxlm's trained blocks (ContextBlock(s) + TokenBlock), and it is
 trained by phase 2's loop (train_epochs): same optimiser, batch tokens, epochs and early stopping.
 
 Shapes: S sequences, T = seq_len positions, d_e embedding width, V vocabulary.
@@ -25,7 +25,7 @@ from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
 from ctxlm.metrics import count
-from ctxlm.model import ContextBlock, ModelConfig, TokenBlock, head_parameters, input_features, untied_head
+from ctxlm.model import ContextBlocks, ModelConfig, TokenBlock, head_parameters, input_features, untied_head
 from ctxlm.phase2 import ChunkedLinearCrossEntropy, Phase2Result, TrainingTask, batch_bounds, score_batches, train_epochs
 from ctxlm.runtime import autocast
 from ctxlm.shards import TokenSplit
@@ -131,12 +131,12 @@ def _closest_width(target: int, widths: range, build: Callable[[int], nn.Module]
 
 def build_baseline(kind: str, cfg: ModelConfig, embedding: torch.Tensor, weight_tying: bool, freeze_embedding: bool,
                    seq_len: int, transformer_layers: int) -> BaselineLM:
-    """A baseline whose trainable body has about as many parameters as ctxlm's ContextBlock + TokenBlock
+    """A baseline whose trainable body has about as many parameters as ctxlm's ContextBlock(s) + TokenBlock
     of `cfg` (both sides share E and the head, so those are left out of the match)."""
     if kind not in KINDS:
         raise ValueError(f"unknown baseline {kind!r}; one of {', '.join(KINDS)}")
     with torch.device("meta"):
-        target = count(ContextBlock(cfg)) + count(TokenBlock(cfg))
+        target = count(ContextBlocks(cfg)) + count(TokenBlock(cfg))
     sized = lambda width: BaselineConfig(kind, cfg.embed_dim, width, seq_len, transformer_layers)  # noqa: E731
     build = lambda width: nn.Sequential(sized(width).body(), nn.LayerNorm(cfg.embed_dim))  # noqa: E731
     widths = range(4, 4097, 4) if kind == "lstm" else range(HEADS * 8, 4097, HEADS)

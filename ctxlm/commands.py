@@ -11,25 +11,35 @@ import typer
 
 from ctxlm.cli import DEBUG_OPTION, make_app, stage_run
 from ctxlm.errors import CtxlmError
-from ctxlm.experiments import FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, RESULTS, SEEDS
+from ctxlm.experiments import FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, RESULTS, SCALING_MODELS, SCALING_SIZES, SEEDS
 
 MODEL_OPTION = typer.Option("ctxlm", "--model", help="ctxlm | lstm | transformer (of this DVC workspace) or a folder from `ctxlm export`")
 
 app = make_app()
 
 
+SIZE_OPTION = typer.Option([], "-S", "--set", help="key=value replacing or adding to the reduced size (repeatable)")
+SEEDS_OPTION = typer.Option(SEEDS, "--seeds", help="run every setting with seeds 0 .. N-1 (at least 2)")
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="print the dvc commands, run nothing")
+
+
 @app.command("seed-experiments")
-def seed_experiments(
-    size: list[str] = typer.Option([], "-S", "--set", help="key=value replacing or adding to the reduced size (repeatable)"),
-    seeds: int = typer.Option(SEEDS, "--seeds", help="run every setting with seeds 0 .. N-1 (at least 2)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc commands, run nothing"),
-    debug: bool = DEBUG_OPTION,
-) -> None:
+def seed_experiments(size: list[str] = SIZE_OPTION, seeds: int = SEEDS_OPTION, dry_run: bool = DRY_RUN_OPTION, debug: bool = DEBUG_OPTION) -> None:
     """Run the seed's comparisons as named DVC experiments (reduced size, N seeds), one after the other."""
     from ctxlm.experiments import run_seed_experiments
 
     with stage_run("seed-experiments", debug):
         run_seed_experiments(size, seeds, dry_run)
+
+
+@app.command("next-experiments")
+def next_experiments(size: list[str] = SIZE_OPTION, seeds: int = SEEDS_OPTION, dry_run: bool = DRY_RUN_OPTION, debug: bool = DEBUG_OPTION) -> None:
+    """Run the research's later comparisons (two ContextBlocks, previous contexts, the untrained
+    control) as named DVC experiments next-<setting>-s<seed> (reduced size, N seeds)."""
+    from ctxlm.experiments import NEXT_FAMILY, run_seed_experiments
+
+    with stage_run("next-experiments", debug):
+        run_seed_experiments(size, seeds, dry_run, NEXT_FAMILY)
 
 
 @app.command("full-size-seeds")
@@ -48,16 +58,39 @@ def full_size_seeds(
 
 
 @app.command()
+def scaling(
+    sizes: str = typer.Option(",".join(map(str, SCALING_SIZES)), "--sizes", help="training sizes in tokens, comma-separated (at least 4)"),
+    model: list[str] = typer.Option(list(SCALING_MODELS), "--model", help=" | ".join(SCALING_MODELS) + " (repeatable)"),
+    switches: list[str] = typer.Option([], "-S", "--set", help="key=value for every run, e.g. -S seed=1 (repeatable)"),
+    dry_run: bool = DRY_RUN_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Run each model at each training size (data.max_train_tokens) as DVC experiments scale-<model>-n<tokens>,
+    the same validation and test tokens for all, smallest size first; runs already finished are skipped.
+    Then `ctxlm collect` and `ctxlm report` fit PPL(n) = E + A n^-alpha to each model and plot the curves."""
+    from ctxlm.experiments import run_scaling
+
+    with stage_run("scaling", debug):
+        try:
+            asked = [int(size) for size in sizes.split(",")]
+        except ValueError:
+            raise CtxlmError(f"--sizes {sizes!r}: expected whole numbers of tokens separated by commas, e.g. 25000,50000,100000,250000") from None
+        run_scaling(model, asked, switches, dry_run)
+
+
+@app.command()
 def collect(out: Path = typer.Option(RESULTS, help="the seed experiments' JSON file (commit it)"),
             full_size_out: Path = typer.Option(FULL_SIZE_RESULTS, help="the full-size seeds' JSON file (commit it)"),
             debug: bool = DEBUG_OPTION) -> None:
-    """Write the seed experiments' and the full-size seeds' metrics (and curves) from DVC to JSON files
-    that travel with the repository."""
-    from ctxlm.report import collect_experiments, collect_full_size
+    """Write the seed experiments', the research's later comparisons', the full-size seeds' and the
+    scaling runs' metrics (and curves) from DVC to JSON files that travel with the repository."""
+    from ctxlm.experiments import NEXT_FAMILY
+    from ctxlm.report import collect_experiments, collect_full_size, collect_scaling
 
     with stage_run("collect", debug):
-        full_size_runs = collect_full_size(full_size_out)
-        collect_experiments(out, required=not full_size_runs)  # one of the two kinds at least
+        others = (collect_full_size(full_size_out) + collect_scaling()
+                  + collect_experiments(NEXT_FAMILY.results, required=False, family=NEXT_FAMILY))
+        collect_experiments(out, required=not others)  # one of the kinds at least
 
 
 @app.command()

@@ -52,6 +52,9 @@ class ModelParams(_Section):
     token_input_all_layers: bool = True
     freeze_embedding: bool = True
     weight_tying: bool = True
+    context_blocks: int = Field(1, ge=1, le=64)
+    """Independent ContextBlocks of width context_dim each; block j trains in phase 1 on the j-th contiguous
+    1/context_blocks of the training documents, with its own seed; the TokenBlock reads their C* side by side."""
     prev_contexts: int = Field(0, ge=0, le=64)
     """The TokenBlock also reads the final-layer C* of the p tokens before each one (zeros before its
     document's start), from the same shards: phase 2 only."""

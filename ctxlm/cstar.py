@@ -8,6 +8,8 @@
   hoisted out of the sequential loop: computed once per distinct token id (`hoisting_tables`) and
   gathered per window of steps, leaving one (B, d_c) x (d_c, d_c) product per layer and step;
 - each window's rows go to their place in token order in the output (a memory-mapped shard).
+Several ContextBlocks (model.context_blocks) are independent recurrences: each fills its own d_c
+columns of the output in turn.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import CstarParams
 from ctxlm.errors import CtxlmError
-from ctxlm.model import ContextBlock, input_features, token_windows
+from ctxlm.model import ContextBlock, ContextBlocks, input_features, token_windows
 from ctxlm.runtime import progress
 from ctxlm.shards import CSTAR_STORAGE, TokenSplit, atomic_dir, decode_cstar, doc_starts, encode_cstar, sha256, write_manifest
 
@@ -37,12 +39,12 @@ WIDE_BATCH = 32
 
 
 @torch.no_grad()
-def naive_cstar(block: ContextBlock, x: torch.Tensor) -> torch.Tensor:
-    """One document's (T, d_x) inputs -> (T, L, d_c), token by token."""
-    c = torch.zeros(1, block.cfg.context_dim, dtype=x.dtype, device=x.device)
+def naive_cstar(block: ContextBlock | ContextBlocks, x: torch.Tensor) -> torch.Tensor:
+    """One document's (T, d_x) inputs -> (T, L, d_C), token by token."""
+    c = torch.zeros(1, block.cfg.cstar_dim, dtype=x.dtype, device=x.device)
     out = []
     for t in range(x.shape[0]):
-        layers = block(c, x[t : t + 1])  # (1, L, d_c)
+        layers = block(c, x[t : t + 1])  # (1, L, d_C)
         out.append(layers[0])
         c = layers[:, -1]
     return torch.stack(out)
@@ -68,17 +70,29 @@ def hoisting_tables(block: ContextBlock, embedding: torch.Tensor, ids: torch.Ten
     return tables
 
 
-@torch.no_grad()
 def cstar_into(
-    block: ContextBlock,
+    block: ContextBlock | ContextBlocks,
     embedding: torch.Tensor,
     windows: torch.Tensor,
     offsets: np.ndarray,
     out: np.ndarray,
-    on_tokens: Callable[[int], None] = lambda n: None,
+    on_tokens: Callable[[float], None] = lambda n: None,
 ) -> None:
     """Write the C* of documents `offsets` (D+1 token offsets into `windows` and `out`) into
-    `out` (N, L, d_c); `windows` (N, k) are the id windows (model.token_windows) of those tokens."""
+    `out` (N, L, d_C); `windows` (N, k) are the id windows (model.token_windows) of those tokens.
+    Each of several blocks writes its d_c columns, and `on_tokens` hears of its share of the tokens."""
+    blocks = list(block) if isinstance(block, ContextBlocks) else [block]
+    d_c = blocks[0].cfg.context_dim
+    for j, part in enumerate(blocks):
+        counted = on_tokens if len(blocks) == 1 else lambda n: on_tokens(n / len(blocks))
+        block_cstar_into(part, embedding, windows, offsets, out[..., j * d_c : (j + 1) * d_c], counted)
+
+
+@torch.no_grad()
+def block_cstar_into(
+    block: ContextBlock, embedding: torch.Tensor, windows: torch.Tensor, offsets: np.ndarray, out: np.ndarray, on_tokens: Callable[[int], None]
+) -> None:
+    """`cstar_into` for one block: `out` (N, L, d_c) may be a column slice of a wider array."""
     L, d_c = block.cfg.num_layers, block.cfg.context_dim
     device = embedding.device
     ids, slot_rows = torch.unique(windows, return_inverse=True)  # slot_rows: (N, k) rows into the tables
@@ -155,11 +169,11 @@ def shard_ranges(offsets: np.ndarray, shard_tokens: int) -> list[tuple[int, int]
 
 def cstar_bytes(tokens: int, cfg, dtype: str) -> int:
     """Size on disk of the C* of `tokens` tokens stored as `dtype`."""
-    return tokens * cfg.num_layers * cfg.context_dim * CSTAR_STORAGE[dtype].itemsize
+    return tokens * cfg.num_layers * cfg.cstar_dim * CSTAR_STORAGE[dtype].itemsize
 
 
 def generate_split(
-    block: ContextBlock,
+    block: ContextBlock | ContextBlocks,
     embedding: torch.Tensor,
     tokens: TokenSplit,
     folder,
@@ -176,7 +190,7 @@ def generate_split(
     (ctxlm.distributed) they take the shards in turn, a round of one shard each at a time, and
     `on_shard` follows each round, in the first process only."""
     device = next(block.parameters()).device
-    L, d_c = block.cfg.num_layers, block.cfg.context_dim
+    L, d_c = block.cfg.num_layers, block.cfg.cstar_dim
     shards = list(done)
     ranges = shard_ranges(tokens.offsets, shard_tokens)
     bar = progress(total=len(tokens), initial=sum(s["rows"] for s in shards), desc=desc, unit="tok", unit_scale=True)
@@ -213,7 +227,7 @@ ORACLE_TOKENS = 16
 STORAGE_RTOL = {"float32": 0.0, "float16": 2.0**-10, "bfloat16": 2.0**-7}  # one unit in the last place stored
 
 
-def check_against_oracle(block: ContextBlock, embedding: torch.Tensor, document: torch.Tensor, stored: np.ndarray, where: str) -> None:
+def check_against_oracle(block: ContextBlock | ContextBlocks, embedding: torch.Tensor, document: torch.Tensor, stored: np.ndarray, where: str) -> None:
     """Compare the stored C* of a document's first tokens with `naive_cstar`, the per-token oracle:
     a cheap guard, on every device, that the fast recurrence computed what the model means
     (tolerance: fp32 rounding, plus the rounding of the storage dtype)."""
@@ -255,7 +269,7 @@ def _intact_prefix(folder: Path, recorded: list[dict]) -> list[dict]:
 
 
 def write_cstar(
-    block: ContextBlock, embedding: torch.Tensor, splits: dict[str, TokenSplit], final: Path, params: CstarParams, checkpoint: Checkpoint
+    block: ContextBlock | ContextBlocks, embedding: torch.Tensor, splits: dict[str, TokenSplit], final: Path, params: CstarParams, checkpoint: Checkpoint
 ) -> dict[str, float]:
     """The C* of every split -> `final`/<split>/ shards with manifests; returns tokens/s per split.
 
@@ -269,7 +283,7 @@ def write_cstar(
     remaining = sum(len(tokens) - sum(e["rows"] for e in state["done"][split]) for split, tokens in splits.items())
     check_free_space(  # twice: the shards, then DVC's copy of them in its cache
         final.parent, 2 * cstar_bytes(remaining, cfg, params.dtype),
-        f"C* ({remaining:,} tokens x {cfg.num_layers} layer(s) x {cfg.context_dim} x {params.dtype}, and DVC's cache copy)",
+        f"C* ({remaining:,} tokens x {cfg.num_layers} layer(s) x {cfg.cstar_dim} x {params.dtype}, and DVC's cache copy)",
     )
     rates = {}
     for split, tokens in splits.items():

@@ -6,8 +6,15 @@ per seed. They run at a reduced size (SIZE), chosen so that the whole set (7 set
 takes about 90 minutes on a 2-core AVX2 CPU (phase 2 in fp32), and only up to `evaluate` (the baselines are compared at
 full size, in the main workspace).
 
+The research's later findings (docs/design.md, "Where the research went next") are a second family
+of the same kind: several ContextBlocks, previous contexts, and the untrained control, each against
+the same base, as experiments `next-<setting>-s<seed>`.
+
 ctxlm and the LSTM (the strongest baseline) also run at full size with more seeds, as experiments
 `full-<model>-s<seed>` beside the workspace's committed run, for the baseline table's intervals.
+
+The scaling curves (`ctxlm scaling`) run ctxlm (frozen and trained embedding), the Kneser-Ney
+trigram and the LSTM at several training sizes, as experiments `scale-<model>-n<tokens>`.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class Comparison:
 
 
 PPL = Metric("test_ppl", "test PPL", higher_is_better=False)
+VAL_PPL = Metric("val_ppl", "val PPL", higher_is_better=False)
 ACC = Metric("test_acc", "test acc", higher_is_better=True, unit="%")
 ER = Metric("effective_rank_ratio", "val ER", higher_is_better=True, unit="%")
 
@@ -88,9 +96,43 @@ COMPARISONS = (
 )
 
 
-def experiment_name(setting: str, seed: int) -> str:
-    """The DVC experiment name of a setting (a key of EXPERIMENTS) run with `seed`."""
-    return f"{PREFIX}{setting}-s{seed}"
+NEXT_EXPERIMENTS = {  # the research's later findings: each against the same base
+    "base": {},
+    "blocks-2": {"model.context_blocks": "2", "model.context_dim": "256"},  # the base's total width, 512
+    "prev-2": {"model.prev_contexts": "2"},
+    "untrained": {"phase1.max_iterations": "0"},
+}
+NEXT_COMPARISONS = (
+    Comparison("Two ContextBlocks at equal total width", (VAL_PPL, PPL),
+               Setting("1 block of 512", "base", (134.0, None)), Setting("2 blocks of 256", "blocks-2", (111.9, None)),
+               note="The research's widths were 1 x 1000 and 2 x 500 (GPT-2 embeddings, UltraChat, one seed, a 22,723-token validation set)."),
+    Comparison("The TokenBlock reads two previous contexts", (VAL_PPL, PPL),
+               Setting("p = 0", "base", (127.4, None)), Setting("p = 2", "prev-2", (114.7, None)),
+               note="The research's figures are at 1,600 training samples (two blocks of width 256)."),
+    Comparison("What phase 1 adds: untrained or trained ContextBlock", (VAL_PPL, PPL, ER),
+               Setting("untrained (phase1.max_iterations 0)", "untrained", (None, None, None)), Setting("trained", "base", (None, None, None)),
+               note="The research did not run this control; the untrained block is the seeded random initialisation, frozen."),
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Settings run with several seeds at SIZE, each compared with another; collected from one commit."""
+    prefix: str  # experiment names: <prefix><setting>-s<seed>
+    experiments: dict[str, dict[str, str]]  # setting -> the switches it sets beyond SIZE
+    comparisons: tuple[Comparison, ...]
+    results: Path  # where `ctxlm collect` writes the runs
+    command: str  # the ctxlm command that runs them
+    quoted: str  # whose figures the comparisons quote
+
+
+SEED_FAMILY = Family(PREFIX, EXPERIMENTS, COMPARISONS, RESULTS, "seed-experiments", "seed")
+NEXT_FAMILY = Family("next-", NEXT_EXPERIMENTS, NEXT_COMPARISONS, Path("docs/results/next_experiments.json"), "next-experiments", "research")
+
+
+def experiment_name(setting: str, seed: int, family: Family = SEED_FAMILY) -> str:
+    """The DVC experiment name of a setting (a key of the family's experiments) run with `seed`."""
+    return f"{family.prefix}{setting}-s{seed}"
 
 
 def _parse_name(name: str | None, prefix: str, known) -> tuple[str, int] | None:
@@ -99,9 +141,9 @@ def _parse_name(name: str | None, prefix: str, known) -> tuple[str, int] | None:
     return (match[1], int(match[2])) if match and match[1] in known else None
 
 
-def parse_experiment_name(name: str) -> tuple[str, int] | None:
-    """experiment_name's inverse: (setting, seed), or None for a name that is not one of ours."""
-    return _parse_name(name, PREFIX, EXPERIMENTS)
+def parse_experiment_name(name: str, family: Family = SEED_FAMILY) -> tuple[str, int] | None:
+    """experiment_name's inverse: (setting, seed), or None for a name that is not one of the family's."""
+    return _parse_name(name, family.prefix, family.experiments)
 
 
 # `dvc exp run --temp` runs one experiment in a temporary copy of the repository and returns when it is
@@ -111,12 +153,12 @@ def parse_experiment_name(name: str) -> tuple[str, int] | None:
 EXP_RUN = ["dvc", "exp", "run", "--temp"]
 
 
-def experiment_commands(size: dict[str, str] = SIZE, seeds: int = SEEDS) -> list[list[str]]:
+def experiment_commands(size: dict[str, str] = SIZE, seeds: int = SEEDS, family: Family = SEED_FAMILY) -> list[list[str]]:
     """The `dvc exp run --temp` command of each setting and seed, run one after the other."""
     commands = []
     for seed in range(seeds):
-        for name, switches in EXPERIMENTS.items():
-            command = [*EXP_RUN, "-n", experiment_name(name, seed)]
+        for name, switches in family.experiments.items():
+            command = [*EXP_RUN, "-n", experiment_name(name, seed, family)]
             for key, value in {**size, "seed": str(seed), **switches}.items():
                 command += ["-S", f"{key}={value}"]
             commands.append([*command, "evaluate"])
@@ -152,17 +194,151 @@ def run_commands(commands: list[list[str]], dry_run: bool, prefix: str) -> None:
                              f"An experiment of the same name on this commit? Remove the old ones: dvc exp remove {prefix}...")
 
 
-def run_seed_experiments(size_overrides: list[str], seeds: int = SEEDS, dry_run: bool = False) -> None:
+def run_seed_experiments(size_overrides: list[str], seeds: int = SEEDS, dry_run: bool = False, family: Family = SEED_FAMILY) -> None:
     """Run every setting with seeds 0 .. seeds-1 as named experiments (one at a time: parallel runs
     would share 2 cores).
 
     `size_overrides` ("key=value") replace or extend SIZE, e.g. for a smaller trial."""
     if seeds < 2:
         raise CtxlmError(f"--seeds {seeds}: at least 2 seeds are needed for an interval")
-    size = dict(SIZE)
-    for override in size_overrides:
+    size = {**SIZE, **parse_switches(size_overrides)}
+    run_commands(experiment_commands(size, seeds, family), dry_run, family.prefix)
+
+
+def experiment_refs() -> list[tuple[str, str]]:
+    """(baseline commit, experiment name) of every finished DVC experiment of HEAD's history, newest
+    commit first. DVC keeps an experiment as the git ref refs/exps/<sha[:2]>/<sha[2:]>/<name> of its
+    baseline commit <sha>: the refs find experiments however many commits ago they were made."""
+    def git(*args: str) -> list[str]:
+        return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.split()
+
+    parts = [ref.split("/") for ref in git("for-each-ref", "--format=%(refname)", "refs/exps")]
+    by_commit: dict[str, list[str]] = {}
+    for p in parts:
+        if len(p) == 5 and len(p[2] + p[3]) == 40:
+            by_commit.setdefault(p[2] + p[3], []).append(p[4])
+    return [(commit, name) for commit in git("rev-list", "HEAD") for name in sorted(by_commit.get(commit, []))]
+
+
+# ---- scaling curves ------------------------------------------------------------------------------
+
+SCALING_PREFIX = "scale-"
+SCALING_RESULTS = Path("docs/results/scaling.json")
+# A factor-2 ladder up to the default run's size: the default set (4 models x 5 sizes) is sized to run
+# in about 2 hours on a 2-core AVX2 CPU.
+SCALING_SIZES = (15_625, 31_250, 62_500, 125_000, 250_000)
+
+
+@dataclass(frozen=True)
+class ScalingModel:
+    label: str
+    switches: dict[str, str]  # beyond data.max_train_tokens
+    target: str  # the DVC stage that makes its figures
+    metrics: str  # the metrics file that holds them
+    timed: tuple[str, ...]  # the metrics files of its pipeline's stages, whose seconds add up to its time
+
+
+CTXLM_STAGES = tuple(f"metrics/{stage}.json" for stage in ("tokenize", "train_context", "generate_cstar", "train_token", "eval"))
+SCALING_MODELS = {
+    "ctxlm": ScalingModel("ctxlm, frozen embedding", {"model.freeze_embedding": "true"}, "evaluate", "metrics/eval.json", CTXLM_STAGES),
+    "ctxlm-trained-e": ScalingModel("ctxlm, trained embedding", {"model.freeze_embedding": "false"}, "evaluate", "metrics/eval.json",
+                                    CTXLM_STAGES),
+    "kneser-ney": ScalingModel("Kneser-Ney trigram", {}, "baselines/dvc.yaml:baseline_ngram", "metrics/baselines/kneser_ney.json",
+                               ("metrics/tokenize.json", "metrics/baselines/kneser_ney.json")),
+    "lstm": ScalingModel("LSTM, frozen embedding", {"model.freeze_embedding": "true"}, "baselines/dvc.yaml:baseline_neural@lstm",
+                         "metrics/baselines/lstm.json", ("metrics/tokenize.json", "metrics/baselines/lstm.json")),
+}
+
+
+def scaling_name(model: str, tokens: int) -> str:
+    return f"{SCALING_PREFIX}{model}-n{tokens}"
+
+
+def parse_scaling_name(name: str | None) -> tuple[str, int] | None:
+    """scaling_name's inverse: (model, tokens), or None."""
+    match = re.fullmatch(rf"{re.escape(SCALING_PREFIX)}(.+)-n(\d+)", name or "")
+    return (match[1], int(match[2])) if match and match[1] in SCALING_MODELS else None
+
+
+def scaling_commands(models: list[str], sizes: list[int], switches: dict[str, str]) -> list[list[str]]:
+    """`dvc exp run --temp` for each size (smallest first, so that an interrupted set has every model
+    at its smaller sizes) and each model."""
+    return [[*EXP_RUN, "-n", scaling_name(model, size),
+             *(item for key, value in {**switches, **SCALING_MODELS[model].switches, "data.max_train_tokens": str(size)}.items()
+               for item in ("-S", f"{key}={value}")),
+             SCALING_MODELS[model].target]
+            for size in sorted(sizes) for model in models]
+
+
+def parse_switches(overrides: list[str]) -> dict[str, str]:
+    """["key=value", ...] -> {key: value}; one clear error for an item without '='."""
+    switches = {}
+    for override in overrides:
         key, sep, value = override.partition("=")
         if not sep:
             raise CtxlmError(f"-S {override!r}: expected key=value, e.g. -S data.max_train_tokens=20000")
-        size[key] = value
-    run_commands(experiment_commands(size, seeds), dry_run, PREFIX)
+        switches[key] = value
+    return switches
+
+
+def params_with(switches: dict[str, str], path: Path = Path("params.yaml")):
+    """params.yaml with `switches` applied as `dvc exp run -S` applies them (values read as YAML), validated."""
+    import yaml
+
+    from ctxlm.config import load_params, parse_params
+
+    load_params(path)  # the file itself first: its own errors name it
+    raw = yaml.safe_load(path.read_text())
+    for key, value in switches.items():
+        *sections, last = key.split(".")
+        node = raw
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = yaml.safe_load(value)
+    return parse_params(raw, Path(f"{path} with -S {' -S '.join(f'{k}={v}' for k, v in switches.items())}"))
+
+
+def training_tokens(params, up_to: int) -> int:
+    """How many tokens the training split of `params`' corpus holds, counted up to `up_to` (the
+    corpus is streamed, as `prepare` and `tokenize` stream it, and read no further than needed)."""
+    from ctxlm.embedding import load_tokenizer, resolve_model_dir
+    from ctxlm.sources import iter_documents
+    from ctxlm.tokens import SplitTokenizer
+
+    tokens = SplitTokenizer(load_tokenizer(resolve_model_dir(params.embedding.model)), up_to)
+    batch: list[str] = []
+    for document in iter_documents(params.data, params.seed):
+        if document["split"] == "train":
+            batch.append(document["text"])
+        if len(batch) == 256:
+            tokens.add(batch)
+            batch = []
+            if tokens.full:
+                break
+    tokens.add(batch)
+    tokens.bar.close()
+    return int(tokens.offsets[-1])
+
+
+def run_scaling(models: list[str], sizes: list[int], overrides: list[str], dry_run: bool = False) -> None:
+    """Check the sizes against the corpus, then run every (size, model) experiment not already
+    finished in this branch's history (`ctxlm scaling` resumes a set that a session's end cut short)."""
+    unknown = [m for m in models if m not in SCALING_MODELS]
+    if unknown or not models:
+        raise CtxlmError(f"--model {', '.join(unknown) or '(none)'}: one of {', '.join(SCALING_MODELS)}")
+    if len(set(sizes)) < 4 or min(sizes) < 2:
+        raise CtxlmError(f"--sizes {','.join(map(str, sizes))}: give at least 4 distinct training sizes of 2 tokens or more "
+                         "(a power law has 3 parameters)")
+    switches = parse_switches(overrides)
+    params = params_with(switches)
+    available = training_tokens(params, max(sizes))
+    if available < max(sizes):
+        raise CtxlmError(f"--sizes: {max(sizes):,} training tokens asked, but the training split of data.source "
+                         f"'{params.data.source}' holds {available:,} tokens ({params.embedding.model}'s tokenizer); "
+                         f"the largest size must be at most {available:,}")
+    finished = {name for _, name in experiment_refs()}
+    commands = scaling_commands(models, sizes, switches)
+    todo = [command for command in commands if command[command.index("-n") + 1] not in finished]
+    print(f"ctxlm scaling: {len(commands) - len(todo)} of {len(commands)} runs already finished in this branch's history; "
+          f"{len(todo)} to run", flush=True)
+    run_commands(todo, dry_run, SCALING_PREFIX)

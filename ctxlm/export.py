@@ -3,7 +3,7 @@ self-contained folder that `ctxlm export` writes.
 
 An exported folder holds only safetensors and JSON (and the tokenizer's own text files):
     config.json                 what the model is, what it was trained on, its figures
-    context_block.safetensors   the ContextBlock (its ModelConfig in the metadata)
+    context_block.safetensors   the ContextBlock(s) (their ModelConfig in the metadata)
     token_model.safetensors     the TokenBlock and head (E left out when frozen)
     embedding.safetensors       E, (V, d_e)
     tokenizer/                  tokenizer.json and its companions (save_pretrained)
@@ -23,9 +23,9 @@ from ctxlm.config import flatten_params
 from ctxlm.embedding import load_tokenizer, resolve_model_dir
 from ctxlm.errors import CtxlmError
 from ctxlm.inference import CtxlmStepper, LSTMStepper, Stepper, TransformerStepper
-from ctxlm.model import ContextBlock, TokenModel
+from ctxlm.model import ContextBlock, ContextBlocks, TokenModel
 from ctxlm.shards import atomic_dir, load_token_folder, read_manifest
-from ctxlm.weights import CONTEXT_WEIGHTS, TOKEN_WEIGHTS, context_block_from, load_context_block, load_token_model, read_safetensors, token_model_from
+from ctxlm.weights import CONTEXT_WEIGHTS, TOKEN_WEIGHTS, context_blocks_from, load_context_blocks, load_token_model, read_safetensors, token_model_from
 
 WORKSPACE_MODELS = ("ctxlm", "lstm", "transformer")  # --model names that read the DVC workspace
 EXPORT_FORMAT = "ctxlm-export-1"
@@ -38,7 +38,7 @@ TOKENS, CONTEXT, TOKEN_MODEL = Path("data/tokens"), Path("data/context"), Path("
 class LoadedModel:
     tokenizer: object
     stepper: Stepper
-    block: ContextBlock | None = None  # ctxlm only: what scoring needs
+    block: ContextBlock | ContextBlocks | None = None  # ctxlm only: what scoring needs
     token_model: TokenModel | None = None
 
 
@@ -61,7 +61,7 @@ def _workspace_model(model: str) -> LoadedModel:
     meta, _, embedding = load_token_folder(TOKENS)
     tokenizer = _workspace_tokenizer(meta)
     if model == "ctxlm":
-        block, _ = load_context_block(CONTEXT)
+        block, _ = load_context_blocks(CONTEXT)
         token_model = load_token_model(TOKEN_MODEL, embedding).eval()
         return LoadedModel(tokenizer, CtxlmStepper(block, token_model), block, token_model)
     from ctxlm.baselines import load_baseline  # imports transformers' GPT-2: only when asked for
@@ -123,7 +123,7 @@ def load_export(folder: Path) -> LoadedModel:
     embedding = read_safetensors(folder / EMBEDDING, hint)[0].get("embedding")
     if embedding is None:
         raise CtxlmError(f"{folder / EMBEDDING}: holds no 'embedding' tensor; {hint}")
-    block, _ = context_block_from(*read_safetensors(folder / CONTEXT_WEIGHTS, hint), str(folder / CONTEXT_WEIGHTS), hint)
+    block, _ = context_blocks_from(*read_safetensors(folder / CONTEXT_WEIGHTS, hint), str(folder / CONTEXT_WEIGHTS), hint)
     state, metadata = read_safetensors(folder / TOKEN_WEIGHTS, hint)
     token_model = token_model_from(state, metadata, embedding, str(folder / TOKEN_WEIGHTS), hint).eval()
     tokenizer = load_tokenizer(folder / "tokenizer")
@@ -150,7 +150,8 @@ def model_card(config: dict) -> str:
         "A recurrent ContextBlock (trained alone, with the OACD diversity loss) gives every token a fixed",
         "context vector C*; a TokenBlock reads C* and the token's embedding and predicts the next token.",
         "",
-        f"- ContextBlock: context width {m['context_dim']}, {m['num_layers']} layer(s), {m['num_input_tokens']} input token(s)",
+        f"- ContextBlock{'s: ' + m['context_blocks'] + ' side by side, each of' if 'context_blocks' in m else ':'} context width {m['context_dim']}, "
+        f"{m['num_layers']} layer(s), {m['num_input_tokens']} input token(s)",
         f"- embedding: `{config['embedding_model']}` ({int(m['vocab_size']):,} x {m['embed_dim']}), "
         f"{'frozen' if m['freeze_embedding'] == 'True' else 'trained'}, head {'tied to it' if m['weight_tying'] == 'True' else 'untied'}",
         f"- corpus: `{params['data.source']}`, seed {params['seed']}",

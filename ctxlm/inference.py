@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ctxlm.cstar import cstar_into
 from ctxlm.errors import CtxlmError
-from ctxlm.model import ContextBlock, TokenModel, input_features, token_windows
+from ctxlm.model import ContextBlock, ContextBlocks, TokenModel, input_features, token_windows
 from ctxlm.phase2 import example_rows, score_batches, with_previous
 from ctxlm.runtime import one_thread
 from ctxlm.shards import doc_starts, has_next
@@ -50,18 +50,18 @@ class Stepper(Protocol):
 
 class CtxlmStepper:
     """The ContextBlock's recurrence and the TokenModel, one token at a time (state: the final-layer
-    contexts of the last p + 1 tokens, newest first (1, 1 + p, d_c), and the window (1, k))."""
+    contexts of the last p + 1 tokens, newest first (1, 1 + p, d_C), and the window (1, k))."""
 
-    def __init__(self, block: ContextBlock, model: TokenModel):
+    def __init__(self, block: ContextBlock | ContextBlocks, model: TokenModel):
         self.block, self.model = block.eval(), model.eval()
 
     def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.block.cfg
-        return torch.zeros(1, 1 + self.model.cfg.prev_contexts, cfg.context_dim), torch.full((1, cfg.num_input_tokens), PAD)
+        return torch.zeros(1, 1 + self.model.cfg.prev_contexts, cfg.cstar_dim), torch.full((1, cfg.num_input_tokens), PAD)
 
     @torch.no_grad()
     def advance(self, state, token: int):
-        """Read `token` through the ContextBlock alone -> (the new state, (1, L + p, d_c): this
+        """Read `token` through the ContextBlock(s) alone -> (the new state, (1, L + p, d_C): this
         token's C* and the p previous final-layer contexts, as phase 2 reads them)."""
         recent, window = state
         window = torch.cat([window[:, 1:], torch.tensor([[token]])], dim=1)  # (1, k), oldest first
@@ -197,7 +197,7 @@ class Scores:
 
 
 @torch.no_grad()
-def score_tokens(block: ContextBlock, model: TokenModel, tokens: TokenizedSplit) -> Scores:
+def score_tokens(block: ContextBlock | ContextBlocks, model: TokenModel, tokens: TokenizedSplit) -> Scores:
     """Every predicted token of `tokens` scored the way `evaluate` scores a split: C* by the exact
     recurrence (cstar_into, the generator's), the TokenModel in fp32, batches of SCORE_BATCH
     consecutive positions, the totals summed by phase2.score_batches."""
@@ -206,7 +206,7 @@ def score_tokens(block: ContextBlock, model: TokenModel, tokens: TokenizedSplit)
     if not has_next(offsets, n).any():
         raise CtxlmError("the text has no token to predict: every document is a single token (or the text is empty)")
     windows = token_windows(ids, torch.from_numpy(doc_starts(offsets, n)), block.cfg.num_input_tokens)
-    cstar = np.zeros((n, block.cfg.num_layers, block.cfg.context_dim), dtype=np.float32)
+    cstar = np.zeros((n, block.cfg.num_layers, block.cfg.cstar_dim), dtype=np.float32)
     cstar_into(block, model.embedding.detach(), windows, offsets, cstar)
     positions = np.flatnonzero(has_next(offsets, n))
     logprobs = []

@@ -1,19 +1,19 @@
 """The whole ctxlm model, top to bottom: input features, ContextBlock, TokenBlock and head.
 
 Shapes: N tokens, V vocabulary, d_e embedding width, k = num_input_tokens, d_x = k*d_e,
-L = num_layers, d_c = context_dim, p = prev_contexts.
+L = num_layers, d_c = context_dim, n_b = context_blocks, d_C = n_b*d_c the width of C*, p = prev_contexts.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-OPTIONAL_FIELDS = {"prev_contexts"}  # written only when set; absent from older files, where they take their default
+OPTIONAL_FIELDS = {"prev_contexts": 0, "context_blocks": 1}  # written only when not these defaults; older files lack them
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,15 @@ class ModelConfig:
     num_input_tokens: int = 1  # k
     token_input_all_layers: bool = True
     prev_contexts: int = 0  # p: the TokenBlock's extra final-layer contexts c_{i-1} .. c_{i-p}
+    context_blocks: int = 1  # n_b: independent ContextBlocks of width d_c each, their C* side by side
 
     @property
     def input_dim(self) -> int:  # d_x
         return self.num_input_tokens * self.embed_dim
+
+    @property
+    def cstar_dim(self) -> int:  # d_C: the width of a C* row, all blocks side by side
+        return self.context_blocks * self.context_dim
 
     @classmethod
     def from_params(cls, model, embedding: torch.Tensor) -> "ModelConfig":
@@ -36,12 +41,12 @@ class ModelConfig:
         return cls(
             vocab_size=embedding.shape[0], embed_dim=embedding.shape[1], context_dim=model.context_dim,
             num_layers=model.num_layers, num_input_tokens=model.num_input_tokens, token_input_all_layers=model.token_input_all_layers,
-            prev_contexts=model.prev_contexts,
+            prev_contexts=model.prev_contexts, context_blocks=model.context_blocks,
         )
 
     def to_metadata(self) -> dict[str, str]:
-        """Every field as text; the OPTIONAL ones only when set, so that files of models without them stay as they were."""
-        return {key: str(value) for key, value in asdict(self).items() if key not in OPTIONAL_FIELDS or value}
+        """Every field as text; the OPTIONAL ones only when not their default, so that files of models without them stay as they were."""
+        return {key: str(value) for key, value in asdict(self).items() if OPTIONAL_FIELDS.get(key, None) != value}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> "ModelConfig":
@@ -106,6 +111,24 @@ class ContextBlock(nn.Module):
         return w[:, :d_c], (w[:, d_c:] if self.reads_token[layer] else None), b
 
 
+class ContextBlocks(nn.ModuleList):
+    """n_b independent ContextBlocks of width d_c (model.context_blocks), each trained in phase 1 on
+    its own part of the training stream; C* is their contexts side by side:
+    C*_i = [c_i(block 1); ...; c_i(block n_b)], (L, d_C) with d_C = n_b*d_c. One block is the plain model."""
+
+    def __init__(self, cfg: ModelConfig, blocks: list[ContextBlock] | None = None):
+        one = replace(cfg, context_blocks=1)  # each block's own config
+        super().__init__(blocks if blocks is not None else [ContextBlock(one) for _ in range(cfg.context_blocks)])
+        if len(self) != cfg.context_blocks or any(block.cfg != one for block in self):
+            raise ValueError(f"ContextBlocks: expected {cfg.context_blocks} blocks of config {one}")
+        self.cfg = cfg
+
+    def forward(self, c_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """One recurrence step of every block: (B, d_C) previous contexts, (B, d_x) -> (B, L, d_C)."""
+        parts = c_prev.split(self.cfg.context_dim, dim=-1)
+        return torch.cat([block(c, x) for block, c in zip(self, parts)], dim=-1)
+
+
 def token_block_widths(cfg: ModelConfig) -> list[int]:
     """Widths of h^0..h^L: linear from k*d_e down to d_e (all d_e when k = 1)."""
     k, d_e, L = cfg.num_input_tokens, cfg.embed_dim, cfg.num_layers
@@ -116,12 +139,13 @@ class TokenBlock(nn.Module):
     """h_i^l = LN(P_l h_i^{l-1} + GELU(U_l [c_i^l; c_{i-1}^L .. c_{i-p}^L; h_i^{l-1}] + a_l)), h_i^0 = x_i.
 
     P_l is the identity where the width stays, a bias-free Linear where it shrinks (k > 1); the
-    previous final-layer contexts (p = prev_contexts, none by default) are zero before a document's start."""
+    previous final-layer contexts (p = prev_contexts, none by default) are zero before a document's start.
+    Each context is a C* row of width d_C (all the ContextBlocks side by side)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         widths = token_block_widths(cfg)
-        d_c = cfg.context_dim * (1 + cfg.prev_contexts)
+        d_c = cfg.cstar_dim * (1 + cfg.prev_contexts)
         self.linears = nn.ModuleList(
             nn.Linear(d_c + w_in, w_out) for w_in, w_out in zip(widths[:-1], widths[1:])
         )
@@ -132,9 +156,9 @@ class TokenBlock(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(w) for w in widths[1:])
 
     def forward(self, contexts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(B, L + p, d_c) C* (its L layers, then c_{i-1}^L .. c_{i-p}^L) and (B, d_x) inputs -> (B, d_e) final hidden state h^L."""
+        """(B, L + p, d_C) C* (its L layers, then c_{i-1}^L .. c_{i-p}^L) and (B, d_x) inputs -> (B, d_e) final hidden state h^L."""
         h = x
-        previous = contexts[:, len(self.linears) :].flatten(1)  # (B, p * d_c): what follows the L layers
+        previous = contexts[:, len(self.linears) :].flatten(1)  # (B, p * d_C): what follows the L layers
         for l, (linear, residual, norm) in enumerate(zip(self.linears, self.residuals, self.norms)):
             h = norm(residual(h) + F.gelu(linear(torch.cat([contexts[:, l], previous, h], dim=-1))))
         return h
@@ -171,7 +195,7 @@ class TokenModel(nn.Module):
         self.head = None if weight_tying else untied_head(embedding)
 
     def hidden(self, contexts: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-        """(B, L + p, d_c) C* with the p previous final-layer contexts, (B, k) id windows -> (B, d_e)."""
+        """(B, L + p, d_C) C* with the p previous final-layer contexts, (B, k) id windows -> (B, d_e)."""
         return self.token_block(contexts, input_features(self.embedding, windows))
 
     def head_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -14,8 +14,9 @@ from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase1Params
 from ctxlm.errors import CtxlmError
-from ctxlm.model import ContextBlock
-from ctxlm.runtime import autocast, progress
+from ctxlm.model import ContextBlock, ContextBlocks, ModelConfig, input_features, token_windows
+from ctxlm.runtime import autocast, progress, seed_everything
+from ctxlm.shards import TokenSplit
 
 
 def oacd_loss(contexts: torch.Tensor, centroid_weight: float) -> torch.Tensor:
@@ -182,3 +183,82 @@ def train_context_block(
         seconds=seconds_before + time.perf_counter() - start,
         history=history,
     )
+
+
+def stream_parts(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """The training documents cut into `parts` contiguous runs of whole documents, about equal in
+    tokens: the j-th cut is the document boundary nearest to j/parts of the stream's tokens (the
+    earlier one on a tie). [(first_doc, end_doc)], one per part."""
+    documents, total = len(offsets) - 1, int(offsets[-1])
+    targets = np.arange(1, parts) * total / parts
+    after = np.clip(np.searchsorted(offsets, targets), 1, documents)  # the first boundary at or after each target
+    cuts = np.where(targets - offsets[after - 1] <= offsets[after] - targets, after - 1, after)
+    bounds = [0, *map(int, cuts), documents]
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+    if any(first >= end for first, end in ranges):
+        raise CtxlmError(f"model.context_blocks is {parts}, but the {documents:,} training documents ({total:,} tokens) "
+                         f"cannot be cut into {parts} non-empty parts of about {total // parts:,} tokens; "
+                         "lower model.context_blocks or train on more documents")
+    return ranges
+
+
+def block_seed(seed: int, block: int) -> int:
+    """Block j's own seed: the run's seed for the first block (a one-block model is seeded as it
+    always was), else one drawn from (seed, j), so that no other run's seed repeats it."""
+    return seed if block == 0 else int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
+
+
+@dataclass
+class TrainedBlocks:
+    blocks: ContextBlocks
+    results: list[Phase1Result]  # one per block
+    tokens: list[int]  # the tokens each block trained on
+    documents: list[int]
+    checkpoints: list[Checkpoint]  # to clear once the stage's outputs are written
+
+
+def train_context_blocks(
+    cfg: ModelConfig,
+    embedding: torch.Tensor,
+    train: TokenSplit,
+    params: Phase1Params,
+    seed: int,
+    device: torch.device,
+    inputs: dict,
+    on_iteration: Callable[[int], Callable[[list[dict]], None] | None] = lambda block: None,
+) -> TrainedBlocks:
+    """Phase 1 of every ContextBlock of `cfg`, one after the other: block j is created from its own
+    seed (block_seed) and trained on a seeded sample (phase1.max_tokens) of the j-th part of the
+    training documents (stream_parts). `inputs` fingerprint the checkpoints (one per block; a
+    finished block's weights are kept in its own, so that a run killed in a later block resumes
+    there); `on_iteration(j)` gives block j's iteration callback."""
+    trained, results, tokens, documents, checkpoints = [], [], [], [], []
+    for j, (first, end) in enumerate(stream_parts(train.offsets, cfg.context_blocks)):
+        generator = seed_everything(block_seed(seed, j))
+        block = ContextBlock(replace(cfg, context_blocks=1)).to(device)
+        part_offsets = train.offsets[first : end + 1]
+        rows = document_rows(train.offsets, first + sample_documents(part_offsets - part_offsets[0], params.max_tokens, block_seed(seed, j)))
+        doc_starts = torch.from_numpy(train.doc_starts()[rows])
+        ids = torch.from_numpy(np.asarray(train.ids[rows], dtype=np.int64))
+        x = input_features(embedding, token_windows(ids, doc_starts, cfg.num_input_tokens)).to(device)  # (N_j, d_x), N_j <= max_tokens
+        several = cfg.context_blocks > 1
+        checkpoint = Checkpoint(f"train_context-block{j}" if several else "train_context", {**inputs, "block": j})
+        saved = checkpoint.load() if several else None
+        if saved and "finished" in saved:
+            block.load_state_dict(saved["finished"]["block"])
+            result = Phase1Result(**saved["finished"]["result"])
+            if distributed.is_main():
+                print(f"train_context: block {j} was trained by an earlier run (kept in {checkpoint.folder})", flush=True)
+        else:
+            if several and distributed.is_main():
+                print(f"train_context: block {j + 1} of {cfg.context_blocks}, documents {first}-{end - 1}, {len(rows):,} tokens", flush=True)
+            result = train_context_block(block, x, doc_starts.to(device), params, generator, checkpoint, on_iteration(j))
+            if several:  # kept until the stage's outputs are written
+                checkpoint.clear()
+                checkpoint.save({"finished": {"block": block.state_dict(), "result": asdict(result)}})
+        trained.append(block)
+        results.append(result)
+        tokens.append(len(rows))
+        documents.append(int(doc_starts.sum()))
+        checkpoints.append(checkpoint)
+    return TrainedBlocks(ContextBlocks(cfg, trained), results, tokens, documents, checkpoints)

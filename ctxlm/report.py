@@ -14,6 +14,7 @@ import json
 import math
 import statistics
 import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,17 +22,21 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ctxlm.config import flatten_params  # noqa: E402
 from ctxlm.curves import BASELINE_CURVES, CURVES, load_curve, metrics_dir, read_curve  # noqa: E402
 from ctxlm.errors import CtxlmError  # noqa: E402
+from ctxlm.scaling import PowerLawFit, crossing, fit_power_law  # noqa: E402
 from ctxlm.experiments import (  # noqa: E402
-    COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, PREFIX, RESULTS, Comparison, Metric, parse_experiment_name, parse_full_size_name,
+    COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
+    SEED_FAMILY, Comparison, Family, Metric, experiment_refs, parse_experiment_name, parse_full_size_name, parse_scaling_name,
 )
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
 FULL_SIZE_METRICS = {"ctxlm": "metrics/eval.json", "lstm": "metrics/baselines/lstm.json"}  # each model's figures in a run
+SCALING_FIGURES = ("test_ppl", "test_acc", "test_bits_per_byte", "val_ppl", "epochs_run", "best_epoch")
 STAGE_METRICS = ("train_context", "generate_cstar", "train_token", "eval")  # ctxlm's training and scoring stages
 # Student's t quantile t(0.975, df) for df = 1..30: a 95% interval of a mean of df + 1 values.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -85,15 +90,8 @@ def _switches(commit_params: dict, experiment_params: dict) -> list[str]:
 
 
 def experiment_baselines() -> list[str]:
-    """The commits of HEAD's history that have DVC experiments, newest first.
-
-    DVC keeps an experiment as the git ref refs/exps/<sha[:2]>/<sha[2:]>/<name> of its baseline
-    commit <sha>; reading the refs finds experiments however many commits ago they were made."""
-    refs = _git("for-each-ref", "--format=%(refname)", "refs/exps").split()
-    parts = [ref.split("/") for ref in refs]
-    baselines = {p[2] + p[3] for p in parts if len(p) == 5 and len(p[2] + p[3]) == 40}
-    history = _git("rev-list", "HEAD").split()  # newest first
-    return [commit for commit in history if commit in baselines]
+    """The commits of HEAD's history that have DVC experiments, newest first."""
+    return list(dict.fromkeys(commit for commit, _ in experiment_refs()))
 
 
 def _shown_commits() -> list[dict]:
@@ -107,21 +105,31 @@ def _shown_commits() -> list[dict]:
     return [by_commit[commit] for commit in baselines if commit in by_commit]
 
 
+def _newest_runs(parse, metrics_file: Callable[[str], str]) -> dict[str, dict]:
+    """The finished experiments whose names `parse` reads as (what, number), from every commit of
+    HEAD's history, the newest run of each name: {name: {"parsed", "rev", "commit", "metrics"
+    (the data of its `metrics_file(what)`), "all_metrics" (every metrics file's)}}."""
+    runs = {}
+    for commit in reversed(_shown_commits()):  # oldest first: a newer run of the same name replaces it
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment["revs"]:
+                parsed = parse(rev.get("name"))
+                metrics = rev["data"].get("metrics") or {}
+                if parsed and not rev.get("error") and "data" in metrics.get(metrics_file(parsed[0]), {}):
+                    runs[rev["name"]] = {"parsed": parsed, "rev": rev["rev"], "commit": commit["rev"],
+                                         "metrics": metrics[metrics_file(parsed[0])]["data"],
+                                         "all_metrics": {path: entry["data"] for path, entry in metrics.items() if "data" in entry}}
+    return runs
+
+
 def collect_full_size(out: Path = FULL_SIZE_RESULTS) -> int:
     """Write the finished full-size seed runs (`ctxlm full-size-seeds`) of every commit of HEAD's history
     to `out`: each run's model, seed, commit and figures, the newest run of each name; returns how many.
 
     Unlike the seed comparisons, whose settings must come from one commit, these runs may come from
     several: a full-size run takes an hour or more, and the code may move on between them."""
-    runs = {}
-    for commit in reversed(_shown_commits()):  # oldest first: a newer run of the same name replaces it
-        for experiment in commit.get("experiments") or []:
-            for rev in experiment["revs"]:
-                parsed = parse_full_size_name(rev.get("name"))
-                metrics = rev["data"].get("metrics") or {}
-                if parsed and not rev.get("error") and "data" in metrics.get(FULL_SIZE_METRICS[parsed[0]], {}):
-                    runs[rev["name"]] = {"model": parsed[0], "seed": parsed[1], "rev": rev["rev"], "commit": commit["rev"],
-                                         "metrics": metrics[FULL_SIZE_METRICS[parsed[0]]]["data"]}
+    runs = {name: {"model": run["parsed"][0], "seed": run["parsed"][1], "rev": run["rev"], "commit": run["commit"], "metrics": run["metrics"]}
+            for name, run in _newest_runs(parse_full_size_name, FULL_SIZE_METRICS.get).items()}
     if not runs:
         print(f"ctxlm collect: no finished {FULL_PREFIX}<model>-s<seed> experiments in this branch's history "
               "(ctxlm full-size-seeds makes them)")
@@ -131,21 +139,41 @@ def collect_full_size(out: Path = FULL_SIZE_RESULTS) -> int:
     return len(runs)
 
 
+def collect_scaling(out: Path = SCALING_RESULTS) -> int:
+    """Write the finished scaling runs (`ctxlm scaling`) of every commit of HEAD's history to `out`,
+    the newest run of each name: model, asked size, the training tokens it had, its figures and the
+    seconds of its pipeline's stages (a stage another run made too, restored from DVC's run cache,
+    counts in both). Like the full-size runs, they may come from several commits (the set takes hours)."""
+    runs = {}
+    for name, run in _newest_runs(parse_scaling_name, lambda model: SCALING_MODELS[model].metrics).items():
+        tokenized = run["all_metrics"].get("metrics/tokenize.json", {})
+        runs[name] = {"model": run["parsed"][0], "size": run["parsed"][1], "rev": run["rev"], "commit": run["commit"],
+                      "train_tokens": tokenized.get("train_tokens", run["parsed"][1]),
+                      "metrics": {key: run["metrics"][key] for key in SCALING_FIGURES if key in run["metrics"]},
+                      "seconds": round(sum(run["all_metrics"].get(path, {}).get("seconds", 0.0) for path in SCALING_MODELS[run["parsed"][0]].timed), 1)}
+    if not runs:
+        print(f"ctxlm collect: no finished {SCALING_PREFIX}<model>-n<tokens> experiments in this branch's history (ctxlm scaling makes them)")
+        return 0
+    _write_runs(out, runs)
+    print(f"ctxlm collect: wrote {len(runs)} scaling runs to {out}")
+    return len(runs)
+
+
 def _write_runs(out: Path, runs: dict[str, dict]) -> None:
     """Collected runs as JSON that a later collect of the same runs rewrites byte for byte."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(sorted(runs.items())), indent=1, sort_keys=True) + "\n")
 
 
-def collect_experiments(out: Path = RESULTS, required: bool = True) -> int:
-    """Write the seed experiments of the newest commit of HEAD's history that has every setting
+def collect_experiments(out: Path = RESULTS, required: bool = True, family: Family = SEED_FAMILY) -> int:
+    """Write the experiments of a family (the seed's by default) of the newest commit of HEAD's history that has every setting
     with the same seeds (at least 2) to `out`; returns how many runs it holds. None found: an error,
     or (not `required`) a message and 0."""
     for commit in _shown_commits():
         runs = {}
         for experiment in commit.get("experiments") or []:
             for rev in experiment["revs"]:
-                parsed = parse_experiment_name(rev.get("name"))
+                parsed = parse_experiment_name(rev.get("name"), family)
                 if not parsed or rev.get("error") or not rev["data"].get("metrics"):
                     continue
                 curve = experiment_curve(rev["rev"])
@@ -156,13 +184,13 @@ def collect_experiments(out: Path = RESULTS, required: bool = True) -> int:
                     "metrics": {path: entry["data"] for path, entry in rev["data"]["metrics"].items() if "data" in entry},
                     "curve": curve.to_dict(orient="list"),
                 }
-        seeds = {setting: sorted(r["seed"] for r in runs.values() if r["setting"] == setting) for setting in EXPERIMENTS}
+        seeds = {setting: sorted(r["seed"] for r in runs.values() if r["setting"] == setting) for setting in family.experiments}
         if all(len(s) >= 2 and s == seeds["base"] for s in seeds.values()):
             _write_runs(out, runs)
             print(f"ctxlm collect: wrote {len(runs)} runs of commit {commit['rev'][:10]} ({len(seeds['base'])} seeds) to {out}")
             return len(runs)
-    missing = (f"no commit of this branch's history has finished experiments {PREFIX}<setting>-s<seed> for every setting "
-               f"({', '.join(EXPERIMENTS)}) with the same seeds (at least 2); run: ctxlm seed-experiments")
+    missing = (f"no commit of this branch's history has finished experiments {family.prefix}<setting>-s<seed> for every setting "
+               f"({', '.join(family.experiments)}) with the same seeds (at least 2); run: ctxlm {family.command}")
     if required:
         raise CtxlmError(missing)
     print(f"ctxlm collect: {missing}")
@@ -226,14 +254,14 @@ def paired_verdict(changes: list[float], seed_change: float | None) -> tuple[str
     return ("agrees" if (mean > 0) == (seed_change > 0) else "disagrees"), low, high
 
 
-def comparison_table(comparison: Comparison, experiments: dict[str, dict[int, dict]]) -> tuple[list[str], str, int, int]:
+def comparison_table(comparison: Comparison, experiments: dict[str, dict[int, dict]], quoted: str = "seed") -> tuple[list[str], str, int, int]:
     """Markdown rows of one comparison (each setting's mean ± 95% interval over its seeds, and the
     paired same-seed change A→B with its interval), a sentence with the verdicts, and how many of its
-    metrics (those with a seed figure) agree with the seed's direction."""
+    metrics (those with a quoted figure) agree with the direction of the `quoted` source (the seed's)."""
     a, b = comparison.a, comparison.b
     runs_a, runs_b = experiments[a.experiment], experiments[b.experiment]
     seeds = sorted(set(runs_a) & set(runs_b))
-    rows = [f"| metric | A: {a.label} | B: {b.label} | change A→B (95% interval) | seed A | seed B | seed change | verdict |",
+    rows = [f"| metric | A: {a.label} | B: {b.label} | change A→B (95% interval) | {quoted} A | {quoted} B | {quoted} change | verdict |",
             "|---|---:|---:|---:|---:|---:|---:|---|"]
     verdicts: dict[str, list[str]] = {"agrees": [], "disagrees": [], "within noise": []}
     for metric, seed_a, seed_b in zip(comparison.metrics, a.seed, b.seed):
@@ -244,14 +272,18 @@ def comparison_table(comparison: Comparison, experiments: dict[str, dict[int, di
         verdict, low, high = paired_verdict(changes, seed)
         mean = statistics.fmean(changes)
         if verdict != "no seed figure":
-            verdicts[verdict].append(f"{metric.label} (ours {_percent(mean)} [{_percent(low)}, {_percent(high)}], seed {_percent(seed)})")
+            verdicts[verdict].append(f"{metric.label} (ours {_percent(mean)} [{_percent(low)}, {_percent(high)}], {quoted} {_percent(seed)})")
             better = "B" if (seed > 0) == metric.higher_is_better else "A"
-            verdict = f"{verdict} (seed: {better} better)"
+            verdict = f"{verdict} ({quoted}: {better} better)"
+        elif low > 0 or high < 0:
+            verdict = f"{'B' if (mean > 0) == metric.higher_is_better else 'A'} better, outside the noise"
+        else:
+            verdict = "within noise"
         rows.append(f"| {metric.label} | {_format_interval(values_a, metric)} | {_format_interval(values_b, metric)} | "
                     f"{_percent(mean)} [{_percent(low)}, {_percent(high)}] | {_format(seed_a, metric)} | {_format(seed_b, metric)} | "
                     f"{_percent(seed)} | {verdict} |")
     compared = sum(len(v) for v in verdicts.values())
-    parts = [f"{kind} on {', '.join(items)}" for kind, items in verdicts.items() if items]
+    parts = [f"{kind} on {', '.join(items)}" for kind, items in verdicts.items() if items] or [f"no {quoted} figure to compare with"]
     sentence = f"**{comparison.title}** ({a.label} → {b.label}): " + "; ".join(parts) + "."
     return rows, sentence, len(verdicts["agrees"]), compared
 
@@ -303,10 +335,10 @@ def _save_single(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
     plt.close(fig)
 
 
-def plot_comparison_curves(experiments: dict[str, dict[int, dict]], path: Path) -> None:
+def plot_comparison_curves(experiments: dict[str, dict[int, dict]], path: Path, comparisons: tuple[Comparison, ...] = COMPARISONS) -> None:
     """Validation PPL per epoch, one panel per comparison, A and B as two colours, one line per seed."""
-    fig, axes = plt.subplots(1, len(COMPARISONS), figsize=(4 * len(COMPARISONS), 3.4), squeeze=False)
-    for ax, comparison in zip(axes[0], COMPARISONS):
+    fig, axes = plt.subplots(1, len(comparisons), figsize=(4 * len(comparisons), 3.4), squeeze=False)
+    for ax, comparison in zip(axes[0], comparisons):
         for setting, style, colour in ((comparison.a, "--", "tab:orange"), (comparison.b, "-", "tab:blue")):
             for i, run in enumerate(experiments[setting.experiment].values()):
                 curve = run["curve"]
@@ -404,5 +436,117 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
               *baseline_rows(), ""]
     if has_baseline_curves:
         lines += ["![validation PPL per epoch, ctxlm and the baselines](results/baseline_val_curves.png)", ""]
+    if NEXT_FAMILY.results.is_file():
+        lines += next_section(load_results(NEXT_FAMILY.results), figures / "next_val_curves.png")
+    if SCALING_RESULTS.is_file():
+        lines += scaling_section(json.loads(SCALING_RESULTS.read_text()), figures / "scaling.png")
     out.write_text("\n".join(lines))
     print(f"ctxlm report: wrote {out} and {len(list(figures.glob('*.png')))} plots in {figures}")
+
+
+def next_section(experiments: dict[str, dict[int, dict]], curves: Path) -> list[str]:
+    """The report's section on the research's later findings (NEXT_FAMILY), its curves plotted to `curves`."""
+    family = NEXT_FAMILY
+    first = next(iter(experiments["base"].values()))
+    seeds = list(experiments["base"])
+    size = [switch for switch in first["switches"] if not switch.startswith("seed=")]
+    plot_comparison_curves(experiments, curves, family.comparisons)
+    lines = ["## Where the research went next", "",
+             f"`ctxlm {family.command} --seeds {len(seeds)}` ran each setting below with seeds {seeds}, up to `evaluate`, at the "
+             f"seed comparisons' reduced size ({', '.join(f'`{s}`' for s in size)}), as experiments `{family.prefix}<setting>-s<seed>` "
+             f"of commit `{first['commit'][:10]}` (`{family.results.as_posix()}`). Intervals and verdicts as above; the *research* "
+             "columns quote the research's own later figures (GPT-2 embeddings, UltraChat, one seed) where it has them "
+             "(docs/design.md, \"Where the research went next\").", ""]
+    for name, switches in family.experiments.items():
+        lines.append(f"- `{family.prefix}{name}`: " + (" ".join(f"`-S {k}={v}`" for k, v in switches.items()) or "the size above alone"))
+    lines.append("")
+    for comparison in family.comparisons:
+        rows, sentence, _, _ = comparison_table(comparison, experiments, family.quoted)
+        lines += [f"### {comparison.title}", "", f"A = `{family.prefix}{comparison.a.experiment}-s*`, "
+                  f"B = `{family.prefix}{comparison.b.experiment}-s*`.", "", *rows, "", sentence, ""]
+        if comparison.note:
+            lines += [comparison.note, ""]
+    return lines + [f"![validation PPL per epoch]({curves.parent.name}/{curves.name})", ""]
+
+
+def _fit_or_reason(points: list[tuple[int, float]]) -> PowerLawFit | str:
+    """The power-law fit of (training tokens, test PPL) points, or why there is none."""
+    try:
+        return fit_power_law([n for n, _ in points], [ppl for _, ppl in points])
+    except CtxlmError as err:
+        return str(err)
+    except RuntimeError as err:  # scipy's curve_fit did not converge
+        return f"the fit did not converge ({err})"
+
+
+def _tokens(n: float) -> str:
+    return f"{n / 1e6:,.2f}M" if n >= 1e6 else f"{n / 1e3:,.0f}k"
+
+
+def scaling_section(runs: dict[str, dict], plot: Path) -> list[str]:
+    """Test PPL against training tokens for each model of `ctxlm scaling` (its collected runs), the
+    fits PPL(n) = E + A n^-alpha with their 95% intervals, where the fitted curves cross, and a
+    log-log plot of points and curves to `plot`."""
+    points: dict[str, list[tuple[int, float]]] = {}
+    for run in sorted(runs.values(), key=lambda r: r["train_tokens"]):
+        if "test_ppl" in run["metrics"]:
+            points.setdefault(run["model"], []).append((run["train_tokens"], run["metrics"]["test_ppl"]))
+    models = [m for m in SCALING_MODELS if m in points]
+    fits = {model: _fit_or_reason(points[model]) for model in models}
+    sizes = sorted({n for pts in points.values() for n, _ in pts})
+    commits = sorted({run["commit"][:10] for run in runs.values()})
+    lines = ["## Scaling with training tokens", "",
+             f"`ctxlm scaling` ran each model at each training size as an experiment `{SCALING_PREFIX}<model>-n<tokens>` "
+             f"(commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)}; `{SCALING_RESULTS.as_posix()}`): "
+             "`data.max_train_tokens` set to the size and every other key as in `params.yaml`, so the validation and test "
+             "tokens are the same for all. One seed per point. The fit is PPL(n) = E + A·n^(−α) by least squares on the test "
+             "perplexities (scipy's `curve_fit`), with 95% intervals from its covariance (Student's t, points − 3 degrees of freedom).", "",
+             "| training tokens | " + " | ".join(SCALING_MODELS[m].label for m in models) + " |",
+             "|---:|" + "---:|" * len(models)]
+    by_size = {m: dict(points[m]) for m in models}
+    for n in sizes:
+        lines.append(f"| {n:,} | " + " | ".join(f"{by_size[m][n]:,.1f}" if n in by_size[m] else "–" for m in models) + " |")
+    lines += ["", "| model | points | E (95% interval) | A (95% interval) | α (95% interval) | R² | seconds (all sizes) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for model in models:
+        fit, seconds = fits[model], sum(r["seconds"] for r in runs.values() if r["model"] == model)
+        if isinstance(fit, str):
+            lines.append(f"| {SCALING_MODELS[model].label} | {len(points[model])} | {fit} | | | | {seconds:,.0f} |")
+            continue
+        lines.append(f"| {SCALING_MODELS[model].label} | {len(points[model])} | {fit.E:,.1f} [{fit.E_interval[0]:,.1f}, {fit.E_interval[1]:,.1f}] | "
+                     f"{fit.A:.3g} [{fit.A_interval[0]:.3g}, {fit.A_interval[1]:.3g}] | {fit.alpha:.3f} [{fit.alpha_interval[0]:.3f}, "
+                     f"{fit.alpha_interval[1]:.3f}] | {fit.r2:.4f} | {seconds:,.0f} |")
+    lines += ["", "Where the fitted curves cross (searched from 1k to 10T training tokens; beyond the measured sizes, "
+              f"{_tokens(sizes[0])} to {_tokens(sizes[-1])}, a crossing is an extrapolation of the fits):", ""]
+    for first in (m for m in ("ctxlm", "ctxlm-trained-e") if isinstance(fits.get(m), PowerLawFit)):
+        for second in (m for m in models if m != first and m != "ctxlm" and isinstance(fits[m], PowerLawFit)):
+            a, b = fits[first], fits[second]
+            at = crossing(a, b)
+            largest = sizes[-1]
+            now = "below" if a(largest) < b(largest) else "above"
+            where = (f"they cross at {_tokens(at)} tokens" if at is not None
+                     else f"no crossing: {SCALING_MODELS[first].label} stays {now}")
+            lines.append(f"- {SCALING_MODELS[first].label} vs {SCALING_MODELS[second].label}: at {_tokens(largest)} tokens "
+                         f"the fit of {SCALING_MODELS[first].label} is {now} ({a(largest):,.1f} vs {b(largest):,.1f}); {where}.")
+    _plot_scaling(points, fits, plot)
+    return lines + ["", f"![test PPL against training tokens]({plot.parent.name}/{plot.name})", ""]
+
+
+def _plot_scaling(points: dict[str, list[tuple[int, float]]], fits: dict, path: Path) -> None:
+    """Log-log: each model's measured points and its fitted curve, drawn on to 10x the largest size (dashed beyond the data)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    for (model, pts), colour in zip(points.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        n = np.array([p[0] for p in pts], dtype=float)
+        ax.plot(n, [p[1] for p in pts], "o", color=colour, label=SCALING_MODELS[model].label)
+        fit = fits[model]
+        if isinstance(fit, PowerLawFit):
+            inside, beyond = np.geomspace(n.min(), n.max(), 50), np.geomspace(n.max(), 10 * n.max(), 20)
+            ax.plot(inside, fit(inside), "-", color=colour, linewidth=1)
+            ax.plot(beyond, fit(beyond), "--", color=colour, linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("test PPL")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from ctxlm.errors import CtxlmError
-from ctxlm.model import ContextBlock, ModelConfig, TokenModel
+from ctxlm.model import ContextBlocks, ModelConfig, TokenModel
 from ctxlm.shards import read_manifest
 
 CONTEXT_WEIGHTS = "context_block.safetensors"
@@ -67,12 +67,18 @@ def load_weights(folder: Path, name: str, regenerate: str) -> tuple[dict[str, to
     return read_safetensors(Path(folder) / name, f"rerun it with: dvc repro --force {regenerate}")
 
 
-def context_block_from(state: dict[str, torch.Tensor], metadata: dict[str, str], source: str, hint: str) -> tuple[ContextBlock, ModelConfig]:
-    """A saved ContextBlock (its state and config metadata) -> (ContextBlock in eval mode, its ModelConfig)."""
+def context_state(blocks: ContextBlocks) -> dict[str, torch.Tensor]:
+    """The tensors to save: one block's own (the layout of a one-block model since the start, so
+    that its files stay as they were), or every block's prefixed with its number ("0.linears.0.weight")."""
+    return blocks[0].state_dict() if len(blocks) == 1 else blocks.state_dict()
+
+
+def context_blocks_from(state: dict[str, torch.Tensor], metadata: dict[str, str], source: str, hint: str) -> tuple[ContextBlocks, ModelConfig]:
+    """Saved ContextBlocks (the `context_state` and config metadata) -> (ContextBlocks in eval mode, its ModelConfig)."""
     cfg = ModelConfig.from_metadata(metadata)
-    block = ContextBlock(cfg)
-    load_trained_state(block, state, source, hint)
-    return block.eval().requires_grad_(False), cfg
+    blocks = ContextBlocks(cfg)
+    load_trained_state(blocks[0] if len(blocks) == 1 else blocks, state, source, hint)
+    return blocks.eval().requires_grad_(False), cfg
 
 
 def token_model_from(state: dict[str, torch.Tensor], metadata: dict[str, str], embedding: torch.Tensor, source: str, hint: str) -> TokenModel:
@@ -82,10 +88,10 @@ def token_model_from(state: dict[str, torch.Tensor], metadata: dict[str, str], e
     return model
 
 
-def load_context_block(folder: Path) -> tuple[ContextBlock, ModelConfig]:
-    """data/context -> (ContextBlock in eval mode, its ModelConfig)."""
+def load_context_blocks(folder: Path) -> tuple[ContextBlocks, ModelConfig]:
+    """data/context -> (ContextBlocks in eval mode, its ModelConfig)."""
     state, metadata = load_weights(folder, CONTEXT_WEIGHTS, "train_context")
-    return context_block_from(state, metadata, str(Path(folder) / CONTEXT_WEIGHTS), "rerun it with: dvc repro --force train_context")
+    return context_blocks_from(state, metadata, str(Path(folder) / CONTEXT_WEIGHTS), "rerun it with: dvc repro --force train_context")
 
 
 def load_token_model(folder: Path, embedding: torch.Tensor) -> TokenModel:

@@ -12,7 +12,7 @@ from ctxlm.metrics import count, effective_rank, split_figures
 from ctxlm.phase2 import SplitData, evaluate_split
 from ctxlm.runtime import pick_device
 from ctxlm.shards import CstarReader, load_token_folder, write_json_atomic
-from ctxlm.weights import load_context_block, load_token_model
+from ctxlm.weights import load_context_blocks, load_token_model
 
 app = make_app()
 
@@ -23,7 +23,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         start = time.perf_counter()
         params = load_params(params_file)
         meta, splits, embedding = load_token_folder(Path("data/tokens"))
-        context_block, cfg = load_context_block(Path("data/context"))
+        context_block, cfg = load_context_blocks(Path("data/context"))
         model = load_token_model(Path("data/token_model"), embedding)
         device = pick_device()
         readers = {split: CstarReader(Path(f"data/cstar/{split}")) for split in ("test", "val")}  # each verified once
@@ -36,7 +36,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         val_cstar = readers["val"]
         rng = np.random.default_rng(params.seed)
         rows = np.sort(rng.choice(len(val_cstar), size=min(params.evaluate.rank_rows, len(val_cstar)), replace=False))
-        sample = val_cstar.gather(rows)  # (rank_rows, L, d_c)
+        sample = val_cstar.gather(rows)  # (rank_rows, L, d_C)
         ranks = {f"layer_{l + 1}": effective_rank(sample[:, l]) for l in range(sample.shape[1])}
         rank = ranks[f"layer_{sample.shape[1]}"]  # the final layer's C*: what OACD acts on
 
@@ -50,7 +50,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             "best_epoch": phase2["best_epoch"],
             "epochs_run": phase2["epochs_run"],
             "effective_rank": rank,
-            "effective_rank_ratio": rank / cfg.context_dim,
+            "effective_rank_ratio": rank / cfg.cstar_dim,
             "effective_rank_by_layer": ranks,
             "params_total": count(context_block) + count(model),
             "params_trainable": count(context_block) + trainable_phase2,
@@ -65,7 +65,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         }
         write_json_atomic(Path("metrics/eval.json"), metrics)
         print(f"evaluate: test ppl {figures['test_ppl']:.1f}, val ppl {figures['val_ppl']:.1f}, test acc {figures['test_acc']:.2%}, "
-              f"test {figures['test_bits_per_byte']:.3f} bits/byte, effective rank {rank:.1f} ({rank / cfg.context_dim:.1%})")
+              f"test {figures['test_bits_per_byte']:.3f} bits/byte, effective rank {rank:.1f} ({rank / cfg.cstar_dim:.1%})")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cstar import write_cstar
 from ctxlm.runtime import pick_device
 from ctxlm.shards import load_token_folder, write_json_atomic
-from ctxlm.weights import load_context_block
+from ctxlm.weights import load_context_blocks
 
 app = make_app()
 
@@ -21,7 +21,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         start = time.perf_counter()
         params = load_params(params_file)
         _, splits, embedding = load_token_folder(Path("data/tokens"))
-        block, _ = load_context_block(Path("data/context"))
+        block, _ = load_context_blocks(Path("data/context"))
         device = pick_device()
         block, embedding = block.to(device), embedding.to(device)
         inputs = {"cstar": params.cstar.model_dump(), "tokens": folder_digest(Path("data/tokens")), "context": folder_digest(Path("data/context"))}

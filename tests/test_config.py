@@ -21,6 +21,8 @@ def test_repository_params_are_valid_and_complete():
     "raw, message",
     [
         ({"model": {"num_layers": 0}}, "model.num_layers: Input should be greater than or equal to 1"),
+        ({"model": {"context_blocks": 0}}, "model.context_blocks: Input should be greater than or equal to 1 (got 0)"),
+        ({"model": {"prev_contexts": -1}}, "model.prev_contexts: Input should be greater than or equal to 0 (got -1)"),
         ({"model": {"context_dim": "abc"}}, "model.context_dim: Input should be a valid integer"),
         ({"model": {"freeze_embeding": True}}, "model.freeze_embeding: unknown key (did you mean model.freeze_embedding?)"),
         ({"phase3": {}}, "phase3: unknown key (did you mean phase2?)"),

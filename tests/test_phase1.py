@@ -77,7 +77,7 @@ def test_phase1_stops_on_nan_naming_the_param():
 def test_two_identical_trainings_save_byte_identical_weights(tmp_path):
     """Same seed, same data -> the same file: safetensors alone writes its metadata in a random
     order, and DVC would then see a changed output and rerun everything downstream."""
-    from ctxlm.weights import CONTEXT_WEIGHTS, load_context_block, save_weights
+    from ctxlm.weights import CONTEXT_WEIGHTS, load_context_blocks, save_weights
     from ctxlm.shards import write_manifest
 
     x = torch.randn(100, 8)
@@ -89,7 +89,7 @@ def test_two_identical_trainings_save_byte_identical_weights(tmp_path):
         save_weights(folder, CONTEXT_WEIGHTS, block.state_dict(), block.cfg.to_metadata())
         write_manifest(folder, {})
         files.append((folder / CONTEXT_WEIGHTS).read_bytes())
-        loaded, cfg = load_context_block(folder)  # still a valid safetensors file with the same config
+        loaded, cfg = load_context_blocks(folder)  # still a valid safetensors file with the same config
         assert cfg == block.cfg and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), block.state_dict().values()))
     assert files[0] == files[1]
 

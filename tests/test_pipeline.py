@@ -17,8 +17,10 @@ import yaml
 
 from conftest import ENV, TINY, ran_stages, sh, write_params
 from ctxlm.model import ContextBlock
+from ctxlm.phase1 import block_seed
 from ctxlm.runtime import seed_everything
-from ctxlm.weights import load_context_block
+from ctxlm.shards import CstarReader
+from ctxlm.weights import load_context_blocks
 
 CTXLM = {"prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate"}
 BASELINES = {f"baselines/dvc.yaml:{name}" for name in ("baseline_ngram", "baseline_neural@lstm", "baseline_neural@transformer")}
@@ -103,15 +105,31 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
     text = sh(repo, sys.executable, "-m", "ctxlm", "generate", "to be", "--max-tokens", "4", "--greedy").stdout
     assert text.startswith("to be") and len(text) > len("to be\n")
 
+    # two ContextBlocks, each of d_c and trained on its own half of the documents (still 2 processes,
+    # 2 layers, 2 previous contexts): from phase 1 on; C* and the previous contexts twice as wide. The
+    # tiny split's halves are uneven (whole scenes, one of them long): smaller mini-batches give each
+    # process a share of both blocks' streams
+    blocks = sh(repo, "dvc", "exp", "run", "-S", "model.context_blocks=2", "-S", "phase1.batch_tokens=100")
+    assert ran_stages(blocks.stdout) == {"train_context", "generate_cstar", "train_token", "evaluate"}
+    phase1 = json.loads((repo / "metrics/train_context.json").read_text())
+    halves = [phase1[f"block_{j}"]["phase1_tokens"] for j in (0, 1)]
+    assert sum(halves) == phase1["phase1_tokens"] == len(np.load(repo / "data/tokens/train_ids.npy")) and min(halves) > 0
+    assert CstarReader(repo / "data/cstar/train").gather(np.arange(3)).shape == (3, 2, 2 * TINY["model"]["context_dim"])
+    with_blocks = json.loads((repo / "metrics/eval.json").read_text())
+    assert with_blocks["params_trainable_phase1"] == 2 * with_previous["params_trainable_phase1"]
+    d_c = TINY["model"]["context_dim"]  # each TokenBlock layer reads d_c more of C* and 2 x d_c more previous contexts
+    assert with_blocks["params_trainable_phase2"] - with_previous["params_trainable_phase2"] == 2 * 3 * d_c * 384
+
     # the untrained control: the ContextBlock as seeded and initialised, never stepped
     control = sh(repo, "dvc", "exp", "run", "-S", "phase1.max_iterations=0")
     assert ran_stages(control.stdout) == {"train_context", "generate_cstar", "train_token", "evaluate"}
     phase1 = json.loads((repo / "metrics/train_context.json").read_text())
     assert (phase1["iterations"], phase1["convergence_rate"]) == (0, None)
-    block, cfg = load_context_block(repo / "data/context")
-    seed_everything(0)
-    initial = ContextBlock(cfg)
-    assert all(torch.equal(block.state_dict()[k], v) for k, v in initial.state_dict().items())
+    blocks, cfg = load_context_blocks(repo / "data/context")
+    for j, block in enumerate(blocks):  # each from its own seed
+        seed_everything(block_seed(0, j))
+        initial = ContextBlock(cfg)
+        assert all(torch.equal(block.state_dict()[k], v) for k, v in initial.state_dict().items())
 
 
 def use_the_trained_models(repo: Path, metrics: dict) -> None:

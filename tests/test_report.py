@@ -5,10 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import sh
+from conftest import REPO, sh
 from ctxlm.errors import CtxlmError
-from ctxlm.experiments import COMPARISONS, EXPERIMENTS, PREFIX, SEEDS, experiment_name, parse_experiment_name, experiment_commands, run_seed_experiments
+from ctxlm.experiments import (COMPARISONS, EXPERIMENTS, NEXT_FAMILY, SEEDS, experiment_commands, experiment_name, parse_experiment_name,
+                               run_seed_experiments)
 from ctxlm.report import comparison_table, mean_interval, paired_verdict
 
 TINY_SIZE = ["data.max_train_tokens=1500", "data.max_val_tokens=600", "data.max_test_tokens=600",
@@ -28,6 +30,31 @@ def test_every_comparison_names_defined_experiments_and_a_seed_figure_per_metric
     for command, name in zip(queued, names):  # each run sets the seed its name says
         setting, seed = parse_experiment_name(name)
         assert f"seed={seed}" in command and setting in EXPERIMENTS
+
+
+def test_the_research_s_later_comparisons_are_well_formed():
+    family = NEXT_FAMILY
+    for comparison in family.comparisons:
+        for setting in (comparison.a, comparison.b):
+            assert setting.experiment in family.experiments and len(setting.seed) == len(comparison.metrics)
+    queued = experiment_commands(family=family)
+    names = [command[command.index("-n") + 1] for command in queued]
+    assert sorted(names) == sorted(f"next-{setting}-s{seed}" for setting in family.experiments for seed in range(SEEDS))
+    assert all(parse_experiment_name(name, family) and not parse_experiment_name(name) for name in names)  # not the seed family's
+    base_width = yaml.safe_load((REPO / "params.yaml").read_text())["model"]["context_dim"]
+    blocks = family.experiments["blocks-2"]
+    assert int(blocks["model.context_blocks"]) * int(blocks["model.context_dim"]) == base_width  # at equal total width
+
+
+def test_a_comparison_without_a_quoted_figure_says_which_side_is_better_outside_the_noise():
+    control = NEXT_FAMILY.comparisons[2]  # A untrained, B trained; no research figure
+    untrained = {s: {"metrics": {"val_ppl": 400.0 + s, "test_ppl": 410.0, "effective_rank_ratio": 0.5 + 0.1 * s}} for s in range(3)}
+    trained = {s: {"metrics": {"val_ppl": 300.0 + s, "test_ppl": 410.0, "effective_rank_ratio": 0.6 - 0.1 * s}} for s in range(3)}
+    rows, sentence, agree, compared = comparison_table(control, {"untrained": untrained, "base": trained}, "research")
+    assert (agree, compared) == (0, 0) and "no research figure to compare with" in sentence
+    assert "| research A | research B | research change |" in rows[0]
+    assert rows[2].endswith("| B better, outside the noise |")  # val PPL 25% lower on every seed
+    assert rows[3].endswith("| within noise |") and rows[4].endswith("| within noise |")  # equal; changes of both signs
 
 
 def test_experiment_names_round_trip():

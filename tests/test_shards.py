@@ -56,7 +56,7 @@ def test_loading_weights_is_strict_and_names_the_tensor_and_the_stage(tmp_path):
     import torch
 
     from conftest import make_block
-    from ctxlm.weights import CONTEXT_WEIGHTS, load_context_block, save_weights
+    from ctxlm.weights import CONTEXT_WEIGHTS, load_context_blocks, save_weights
 
     block = make_block()
     for name, state in (("extra", {**block.state_dict(), "linears.9.weight": torch.zeros(1), "linears.9.bias": torch.zeros(1)}),
@@ -67,7 +67,7 @@ def test_loading_weights_is_strict_and_names_the_tensor_and_the_stage(tmp_path):
         save_weights(folder, CONTEXT_WEIGHTS, state, block.cfg.to_metadata())
         write_manifest(folder, {})
         with pytest.raises(CtxlmError) as err:
-            load_context_block(folder)
+            load_context_blocks(folder)
         message = str(err.value)
         assert message.startswith(f"{folder / CONTEXT_WEIGHTS}: does not fit the ContextBlock: "), message
         assert "dvc repro --force train_context" in message, message
@@ -77,7 +77,7 @@ def test_loading_weights_is_strict_and_names_the_tensor_and_the_stage(tmp_path):
     folder.mkdir()
     save_weights(folder, CONTEXT_WEIGHTS, block.state_dict(), block.cfg.to_metadata())
     write_manifest(folder, {})
-    loaded, _ = load_context_block(folder)
+    loaded, _ = load_context_blocks(folder)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), block.state_dict().values()))
 
 

@@ -1,0 +1,121 @@
+"""`ctxlm scaling`: its DVC experiments, its checks before any run, the collected runs and the
+report's section (fits, crossings) from points whose curves are known."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, sh
+from ctxlm.errors import CtxlmError
+from ctxlm.experiments import SCALING_MODELS, parse_scaling_name, run_scaling, scaling_commands, scaling_name
+
+
+def test_scaling_commands_set_each_size_and_model_smallest_first():
+    commands = scaling_commands(["ctxlm", "lstm"], [400, 100, 200, 300], {"seed": "1"})
+    names = [c[c.index("-n") + 1] for c in commands]
+    assert names == [scaling_name(m, n) for n in (100, 200, 300, 400) for m in ("ctxlm", "lstm")]
+    for command, name in zip(commands, names):
+        model, tokens = parse_scaling_name(name)
+        assert command[:4] == ["dvc", "exp", "run", "--temp"] and command[-1] == SCALING_MODELS[model].target
+        assert f"data.max_train_tokens={tokens}" in command and "seed=1" in command
+    assert "model.freeze_embedding=false" in scaling_commands(["ctxlm-trained-e"], [1, 2, 3, 4], {})[0]
+    assert parse_scaling_name("scale-ctxlm-trained-e-n25000") == ("ctxlm-trained-e", 25000)
+    assert parse_scaling_name("scale-gpt-n25000") is None and parse_scaling_name("seed-base-s0") is None
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A git repository with the project's params.yaml (the offline Shakespeare corpus), as cwd."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    sh(tmp_path, "git", "init", "-q", "-b", "main")
+    sh(tmp_path, "git", "add", "-A")
+    sh(tmp_path, "git", "commit", "-q", "-m", "params", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_sizes_larger_than_the_training_split_stop_before_any_run(project, capsys):
+    with pytest.raises(CtxlmError) as err:
+        run_scaling(["ctxlm"], [1000, 2000, 4000, 50_000_000], [], dry_run=True)
+    assert str(err.value).startswith("--sizes: 50,000,000 training tokens asked, but the training split of data.source 'shakespeare' holds ")
+    assert "$ dvc" not in capsys.readouterr().out
+    with pytest.raises(CtxlmError, match="at least 4 distinct training sizes"):
+        run_scaling(["ctxlm"], [1000, 1000, 2000, 3000], [], dry_run=True)
+    with pytest.raises(CtxlmError, match="--model gpt: one of ctxlm, ctxlm-trained-e, kneser-ney, lstm"):
+        run_scaling(["gpt"], [1000, 2000, 3000, 4000], [], dry_run=True)
+    with pytest.raises(CtxlmError, match=r"params.yaml with -S model.context_blocks=0: model.context_blocks: Input should be greater"):
+        run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], ["model.context_blocks=0"], dry_run=True)
+
+
+def test_runs_already_finished_in_the_history_are_skipped(project, capsys):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    sh(project, "git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{scaling_name('ctxlm', 2000)}", head)  # as DVC keeps one
+    run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
+    printed = capsys.readouterr().out
+    assert "1 of 4 runs already finished" in printed
+    assert scaling_name("ctxlm", 2000) not in printed and scaling_name("ctxlm", 3000) in printed
+
+
+def known_runs(curves: dict[str, tuple[float, float, float]], sizes) -> dict[str, dict]:
+    """Collected runs whose test PPL lies exactly on E + A n^-alpha for each model."""
+    return {scaling_name(model, n): {"model": model, "size": n, "train_tokens": n, "commit": "c" * 40, "rev": "r", "seconds": 10.0,
+                                     "metrics": {"test_ppl": E + A * n**-alpha}}
+            for model, (E, A, alpha) in curves.items() for n in sizes}
+
+
+def test_the_report_section_fits_each_model_and_finds_where_the_curves_cross(tmp_path):
+    from ctxlm.report import scaling_section
+
+    sizes = [25_000, 50_000, 100_000, 250_000, 500_000]
+    # same alpha: E1 + A1 n^-a = E2 + A2 n^-a at n = ((A1 - A2) / (E2 - E1))^(1/a) = (80000 / 50)^2 = 2.56M
+    runs = known_runs({"ctxlm": (100.0, 1e5, 0.5), "kneser-ney": (150.0, 2e4, 0.5), "lstm": (50.0, 2e4, 0.5)}, sizes)
+    lines = scaling_section(runs, tmp_path / "scaling.png")
+    text = "\n".join(lines)
+    assert "| 25,000 | 732.5 | 276.5 | 176.5 |" in text  # 100 + 1e5/158.1, 150 + 2e4/158.1, 50 + 2e4/158.1
+    ctxlm = next(line for line in lines if line.startswith("| ctxlm, frozen embedding | 5 |"))
+    assert "| 100.0 [" in ctxlm and "| 0.500 [" in ctxlm and "| 1.0000 | 50 |" in ctxlm  # E, alpha, R², 5 x 10 s
+    assert "Kneser-Ney trigram: at 500k tokens the fit of ctxlm, frozen embedding is above (241.4 vs 178.3); they cross at 2.56M tokens." in text
+    assert "LSTM, frozen embedding: at 500k tokens the fit of ctxlm, frozen embedding is above (241.4 vs 78.3); no crossing" in text
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_a_model_with_too_few_points_is_reported_without_a_fit(tmp_path):
+    from ctxlm.report import scaling_section
+
+    runs = known_runs({"ctxlm": (100.0, 1e5, 0.5)}, [25_000, 50_000, 100_000])
+    text = "\n".join(scaling_section(runs, tmp_path / "scaling.png"))
+    assert "a power-law fit needs at least 4 distinct training sizes" in text
+
+
+@pytest.mark.slow
+def test_scaling_runs_collects_and_reports_on_tiny_sizes(repo: Path):
+    sh(repo, "dvc", "repro", "evaluate")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-q", "-m", "tiny run")
+    sizes = [500, 1000, 2000, 3000]
+    sh(repo, sys.executable, "-m", "ctxlm", "scaling", "--sizes", ",".join(map(str, sizes)), "--model", "ctxlm", "--model", "kneser-ney")
+    again = sh(repo, sys.executable, "-m", "ctxlm", "scaling", "--sizes", ",".join(map(str, sizes)), "--model", "ctxlm", "--model", "kneser-ney")
+    assert "8 of 8 runs already finished" in again.stdout
+    sh(repo, sys.executable, "-m", "ctxlm", "collect")
+    collected = json.loads((repo / "docs/results/scaling.json").read_text())
+    assert set(collected) == {scaling_name(m, n) for m in ("ctxlm", "kneser-ney") for n in sizes}
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    runs = {rev["name"]: rev["data"]["metrics"] for e in shown[1]["experiments"] for rev in e["revs"]}
+    for model in ("ctxlm", "kneser-ney"):
+        for n in sizes:
+            name = scaling_name(model, n)
+            run = collected[name]
+            assert run["train_tokens"] == runs[name]["metrics/tokenize.json"]["data"]["train_tokens"] <= n
+            assert run["metrics"]["test_ppl"] == runs[name][SCALING_MODELS[model].metrics]["data"]["test_ppl"]
+    tokens = [collected[scaling_name("kneser-ney", n)]["train_tokens"] for n in sizes]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 4  # each size its own training set
+    from ctxlm.report import scaling_section
+
+    section = "\n".join(scaling_section(collected, repo / "scaling.png"))
+    for n, tokens_n in zip(sizes, tokens):  # the report's table holds each run's figure
+        row = f"| {tokens_n:,} | {collected[scaling_name('ctxlm', n)]['metrics']['test_ppl']:,.1f} | "
+        assert row + f"{collected[scaling_name('kneser-ney', n)]['metrics']['test_ppl']:,.1f} |" in section
