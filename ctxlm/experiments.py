@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,12 +187,17 @@ def full_size_commands(models: list[str], seeds: int, workspace_seed: int) -> li
 
 
 def run_commands(commands: list[list[str]], dry_run: bool, prefix: str) -> None:
-    """Print and run each command; the first that fails is one clear error."""
-    for command in commands:
+    """Print and run each command, then its wall time (the figure a set's duration is measured by);
+    the first that fails is one clear error."""
+    for i, command in enumerate(commands, 1):
         print("$ " + shlex.join(command), flush=True)
-        if not dry_run and (code := subprocess.run(command).returncode):
+        if dry_run:
+            continue
+        start = time.perf_counter()
+        if code := subprocess.run(command).returncode:
             raise CtxlmError(f"`{shlex.join(command)}` failed (exit status {code}; DVC's message is above). "
                              f"An experiment of the same name on this commit? Remove the old ones: dvc exp remove {prefix}...")
+        print(f"ctxlm: run {i} of {len(commands)} took {time.perf_counter() - start:,.0f} s", flush=True)
 
 
 def run_seed_experiments(size_overrides: list[str], seeds: int = SEEDS, dry_run: bool = False, family: Family = SEED_FAMILY) -> None:

@@ -233,6 +233,7 @@ def train_context_blocks(
     finished block's weights are kept in its own, so that a run killed in a later block resumes
     there); `on_iteration(j)` gives block j's iteration callback."""
     trained, results, tokens, documents, checkpoints = [], [], [], [], []
+    several = cfg.context_blocks > 1
     for j, (first, end) in enumerate(stream_parts(train.offsets, cfg.context_blocks)):
         generator = seed_everything(block_seed(seed, j))
         block = ContextBlock(replace(cfg, context_blocks=1)).to(device)
@@ -241,7 +242,6 @@ def train_context_blocks(
         doc_starts = torch.from_numpy(train.doc_starts()[rows])
         ids = torch.from_numpy(np.asarray(train.ids[rows], dtype=np.int64))
         x = input_features(embedding, token_windows(ids, doc_starts, cfg.num_input_tokens)).to(device)  # (N_j, d_x), N_j <= max_tokens
-        several = cfg.context_blocks > 1
         checkpoint = Checkpoint(f"train_context-block{j}" if several else "train_context", {**inputs, "block": j})
         saved = checkpoint.load() if several else None
         if saved and "finished" in saved:
@@ -251,7 +251,7 @@ def train_context_blocks(
                 print(f"train_context: block {j} was trained by an earlier run (kept in {checkpoint.folder})", flush=True)
         else:
             if several and distributed.is_main():
-                print(f"train_context: block {j + 1} of {cfg.context_blocks}, documents {first}-{end - 1}, {len(rows):,} tokens", flush=True)
+                print(f"train_context: block {j} (of {cfg.context_blocks}): documents {first}-{end - 1}, {len(rows):,} tokens", flush=True)
             result = train_context_block(block, x, doc_starts.to(device), params, generator, checkpoint, on_iteration(j))
             if several:  # kept until the stage's outputs are written
                 checkpoint.clear()

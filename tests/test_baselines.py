@@ -8,7 +8,7 @@ from conftest import bf16_head_loss
 from ctxlm.baselines import IGNORE, KINDS, SequenceData, TransformerBody, build_baseline, evaluate_sequences, sequence_loss, train_baseline
 from ctxlm.config import Phase2Params
 from ctxlm.metrics import count
-from ctxlm.model import ContextBlock, ModelConfig, TokenBlock
+from ctxlm.model import ModelConfig
 from ctxlm.shards import TokenSplit, save_tokens
 
 CPU = torch.device("cpu")
@@ -45,10 +45,13 @@ def test_windows_score_every_position_with_a_next_token_exactly_once(tmp_path, s
     assert all(c >= min(seq_len - stride, p - s) for c, p, s in zip(context, positions, start_of_doc))
 
 
+@pytest.mark.parametrize("blocks", [1, 2])
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_baseline_body_has_about_ctxlm_s_trained_parameters(kind):
-    cfg = ModelConfig(vocab_size=100, embed_dim=96, context_dim=256, num_layers=1)
-    target = count(ContextBlock(cfg)) + count(TokenBlock(cfg))
+def test_a_baseline_body_has_about_ctxlm_s_trained_parameters(kind, blocks):
+    d_c, d_e = 256 // blocks, 96
+    cfg = ModelConfig(vocab_size=100, embed_dim=d_e, context_dim=d_c, num_layers=1, context_blocks=blocks)
+    # by hand, one layer each: a ContextBlock's W [d_c x (d_c + d_e)], b and LayerNorm; the TokenBlock's U reads all blocks' C*
+    target = blocks * (d_c * (d_c + d_e) + 3 * d_c) + (blocks * d_c + d_e) * d_e + 3 * d_e
     model = build_baseline(kind, cfg, torch.randn(100, 96), weight_tying=True, freeze_embedding=True, seq_len=16, transformer_layers=1)
     assert count(model.body, trainable_only=True) + count(model.norm) == pytest.approx(target, rel=0.05)
     assert count(model, trainable_only=True) == count(model.body, trainable_only=True) + count(model.norm)  # E frozen, tied
