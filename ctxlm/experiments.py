@@ -109,7 +109,7 @@ NEXT_COMPARISONS = (
                note="The research's widths were 1 x 1000 and 2 x 500 (GPT-2 embeddings, UltraChat, one seed, a 22,723-token validation set)."),
     Comparison("The TokenBlock reads two previous contexts", (VAL_PPL, PPL),
                Setting("p = 0", "base", (127.4, None)), Setting("p = 2", "prev-2", (114.7, None)),
-               note="The research's figures are at 1,600 training samples (two blocks of width 256)."),
+               note="The research's figures are at 1,600 training samples (its notes give one previous context 118.2)."),
     Comparison("What phase 1 adds: untrained or trained ContextBlock", (VAL_PPL, PPL, ER),
                Setting("untrained (phase1.max_iterations 0)", "untrained", (None, None, None)), Setting("trained", "base", (None, None, None)),
                note="The research did not run this control; the untrained block is the seeded random initialisation, frozen."),
