@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import REPO, sh
+from conftest import REPO, TINY, sh
 from ctxlm.errors import CtxlmError
 from ctxlm.experiments import SCALING_MODELS, parse_scaling_name, run_scaling, scaling_commands, scaling_name
 
@@ -47,16 +48,27 @@ def test_sizes_larger_than_the_training_split_stop_before_any_run(project, capsy
         run_scaling(["ctxlm"], [1000, 1000, 2000, 3000], [], dry_run=True)
     with pytest.raises(CtxlmError, match="--model gpt: one of ctxlm, ctxlm-trained-e, kneser-ney, lstm"):
         run_scaling(["gpt"], [1000, 2000, 3000, 4000], [], dry_run=True)
-    with pytest.raises(CtxlmError, match=r"params.yaml with -S model.context_blocks=0: model.context_blocks: Input should be greater"):
+    with pytest.raises(CtxlmError, match=r"params.yaml with -S data.max_val_tokens=20000 -S model.context_blocks=0: model.context_blocks: Input should be greater"):
         run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], ["model.context_blocks=0"], dry_run=True)
 
 
-def test_runs_already_finished_in_the_history_are_skipped(project, capsys):
+def test_runs_finished_with_the_same_params_are_skipped(project, capsys):
+    """A finished run is a git ref refs/exps/<baseline sha split 2/38>/<name> to a commit with its params.yaml (as DVC keeps it)."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    sh(project, "git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{scaling_name('ctxlm', 2000)}", head)  # as DVC keeps one
+    workspace = yaml.safe_load((project / "params.yaml").read_text())
+
+    def finished(name: str, **data) -> None:
+        params = {**workspace, "data": {**workspace["data"], **data}, "model": {**workspace["model"], "freeze_embedding": True}}
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
+        sh(project, "git", "commit", "-q", "-am", name)
+        sh(project, "git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{name}", "HEAD")
+        sh(project, "git", "reset", "-q", "--hard", head)
+
+    finished(scaling_name("ctxlm", 2000), max_train_tokens=2000, max_val_tokens=20000)  # as `ctxlm scaling` sets them
+    finished(scaling_name("ctxlm", 3000), max_train_tokens=3000, max_val_tokens=100000)  # another validation split
     run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
     printed = capsys.readouterr().out
-    assert "1 of 4 runs already finished" in printed
+    assert "1 of 4 runs already finished with these params" in printed
     assert scaling_name("ctxlm", 2000) not in printed and scaling_name("ctxlm", 3000) in printed
 
 
@@ -97,8 +109,10 @@ def test_scaling_runs_collects_and_reports_on_tiny_sizes(repo: Path):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-q", "-m", "tiny run")
     sizes = [500, 1000, 2000, 3000]
-    sh(repo, sys.executable, "-m", "ctxlm", "scaling", "--sizes", ",".join(map(str, sizes)), "--model", "ctxlm", "--model", "kneser-ney")
-    again = sh(repo, sys.executable, "-m", "ctxlm", "scaling", "--sizes", ",".join(map(str, sizes)), "--model", "ctxlm", "--model", "kneser-ney")
+    args = ["-m", "ctxlm", "scaling", "--sizes", ",".join(map(str, sizes)), "--model", "ctxlm", "--model", "kneser-ney",
+            "-S", f"data.max_val_tokens={TINY['data']['max_val_tokens']}"]  # the tiny size's, not the default set's 20,000
+    sh(repo, sys.executable, *args)
+    again = sh(repo, sys.executable, *args)
     assert "8 of 8 runs already finished" in again.stdout
     sh(repo, sys.executable, "-m", "ctxlm", "collect")
     collected = json.loads((repo / "docs/results/scaling.json").read_text())
