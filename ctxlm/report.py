@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 from ctxlm.config import flatten_params  # noqa: E402
 from ctxlm.curves import BASELINE_CURVES, CURVES, load_curve, metrics_dir, read_curve  # noqa: E402
 from ctxlm.errors import CtxlmError  # noqa: E402
-from ctxlm.scaling import PowerLawFit, crossing, fit_power_law  # noqa: E402
+from ctxlm.scaling import PowerLawFit, crossings, fit_power_law  # noqa: E402
 from ctxlm.experiments import (  # noqa: E402
     COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
     SEED_FAMILY, Comparison, Family, Metric, experiment_refs, parse_experiment_name, parse_full_size_name, parse_scaling_name,
@@ -520,10 +520,10 @@ def scaling_section(runs: dict[str, dict], plot: Path) -> list[str]:
     for first in (m for m in ("ctxlm", "ctxlm-trained-e") if isinstance(fits.get(m), PowerLawFit)):
         for second in (m for m in models if m != first and m != "ctxlm" and isinstance(fits[m], PowerLawFit)):
             a, b = fits[first], fits[second]
-            at = crossing(a, b)
+            at = crossings(a, b)
             largest = sizes[-1]
             now = "below" if a(largest) < b(largest) else "above"
-            where = (f"they cross at {_tokens(at)} tokens" if at is not None
+            where = (f"they cross at {' and '.join(_tokens(n) for n in at)} tokens" if at
                      else f"no crossing: {SCALING_MODELS[first].label} stays {now}")
             lines.append(f"- {SCALING_MODELS[first].label} vs {SCALING_MODELS[second].label}: at {_tokens(largest)} tokens "
                          f"the fit of {SCALING_MODELS[first].label} is {now} ({a(largest):,.1f} vs {b(largest):,.1f}); {where}.")

@@ -59,13 +59,13 @@ def fit_power_law(tokens, ppl) -> PowerLawFit:
     )
 
 
-def crossing(first: PowerLawFit, second: PowerLawFit, low: float = 1e3, high: float = 1e13) -> float | None:
-    """The training size in [low, high] where the two fitted curves meet (the first one's figure
-    equals the second's), or None when one stays above the other over the whole range."""
+def crossings(first: PowerLawFit, second: PowerLawFit, low: float = 1e3, high: float = 1e13, grid: int = 400) -> list[float]:
+    """The training sizes in [low, high] where the two fitted curves meet (the first one's figure
+    equals the second's), in order: two power laws can cross twice, so every sign change of their
+    gap on a log grid is solved; [] when one stays above the other over the whole range."""
     from scipy import optimize
 
     gap = lambda log_n: first(math.exp(log_n)) - second(math.exp(log_n))  # noqa: E731
-    a, b = math.log(low), math.log(high)
-    if gap(a) * gap(b) > 0:
-        return None
-    return math.exp(optimize.brentq(gap, a, b))
+    points = np.linspace(math.log(low), math.log(high), grid)
+    values = [gap(x) for x in points]
+    return [math.exp(optimize.brentq(gap, a, b)) for a, b, ga, gb in zip(points[:-1], points[1:], values[:-1], values[1:]) if ga * gb < 0]

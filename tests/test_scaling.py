@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ctxlm.errors import CtxlmError
-from ctxlm.scaling import PowerLawFit, crossing, fit_power_law
+from ctxlm.scaling import PowerLawFit, crossings, fit_power_law
 
 SIZES = np.array([25e3, 50e3, 100e3, 250e3, 500e3])
 
@@ -34,10 +34,14 @@ def test_two_curves_cross_where_the_algebra_says():
     """Same alpha: E1 + A1 n^-a = E2 + A2 n^-a  <=>  n = ((A1 - A2) / (E2 - E1))^(1/a)."""
     first = PowerLawFit(100.0, 1e5, 0.5, (0, 0), (0, 0), (0, 0), 1.0)
     second = PowerLawFit(150.0, 2e4, 0.5, (0, 0), (0, 0), (0, 0), 1.0)
-    assert crossing(first, second) == pytest.approx(((1e5 - 2e4) / 50.0) ** 2, rel=1e-6)  # 2.56M tokens
-    assert crossing(first, PowerLawFit(50.0, 2e4, 0.5, (0, 0), (0, 0), (0, 0), 1.0)) is None  # always above
+    assert crossings(first, second) == [pytest.approx(((1e5 - 2e4) / 50.0) ** 2, rel=1e-6)]  # 2.56M tokens
+    assert crossings(first, PowerLawFit(50.0, 2e4, 0.5, (0, 0), (0, 0), (0, 0), 1.0)) == []  # always above
 
 
-def test_a_fit_needs_four_distinct_sizes():
-    with pytest.raises(CtxlmError, match="at least 4 distinct training sizes"):
-        fit_power_law([1e4, 1e4, 2e4, 3e4], [300, 300, 250, 200])
+def test_curves_that_cross_twice_give_both_crossings():
+    """190 + 1e4 n^-0.5 against 200 + 1e6 n^-1: with w = n^-0.5 they meet where -10 + 1e4 w - 1e6 w^2 = 0,
+    w = (1e4 +- sqrt(1e8 - 4e7)) / 2e6: the first curve is above between about 12.7k and 787k tokens only."""
+    first = PowerLawFit(190.0, 1e4, 0.5, (0, 0), (0, 0), (0, 0), 1.0)
+    second = PowerLawFit(200.0, 1e6, 1.0, (0, 0), (0, 0), (0, 0), 1.0)
+    roots = [(1e4 + sign * (1e8 - 4e7) ** 0.5) / 2e6 for sign in (1, -1)]  # larger w first: the smaller n
+    assert crossings(first, second) == [pytest.approx(w**-2, rel=1e-6) for w in roots]
