@@ -45,3 +45,8 @@ def test_curves_that_cross_twice_give_both_crossings():
     second = PowerLawFit(200.0, 1e6, 1.0, (0, 0), (0, 0), (0, 0), 1.0)
     roots = [(1e4 + sign * (1e8 - 4e7) ** 0.5) / 2e6 for sign in (1, -1)]  # larger w first: the smaller n
     assert crossings(first, second) == [pytest.approx(w**-2, rel=1e-6) for w in roots]
+
+
+def test_a_fit_needs_four_distinct_sizes():
+    with pytest.raises(CtxlmError, match="at least 4 distinct training sizes"):
+        fit_power_law([1e4, 1e4, 2e4, 3e4], [300, 300, 250, 200])
