@@ -211,19 +211,20 @@ def run_seed_experiments(size_overrides: list[str], seeds: int = SEEDS, dry_run:
     run_commands(experiment_commands(size, seeds, family), dry_run, family.prefix)
 
 
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+
+
 def experiment_refs() -> list[tuple[str, str]]:
     """(baseline commit, experiment name) of every finished DVC experiment of HEAD's history, newest
     commit first. DVC keeps an experiment as the git ref refs/exps/<sha[:2]>/<sha[2:]>/<name> of its
     baseline commit <sha>: the refs find experiments however many commits ago they were made."""
-    def git(*args: str) -> list[str]:
-        return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.split()
-
-    parts = [ref.split("/") for ref in git("for-each-ref", "--format=%(refname)", "refs/exps")]
+    parts = [ref.split("/") for ref in git("for-each-ref", "--format=%(refname)", "refs/exps").split()]
     by_commit: dict[str, list[str]] = {}
     for p in parts:
         if len(p) == 5 and len(p[2] + p[3]) == 40:
             by_commit.setdefault(p[2] + p[3], []).append(p[4])
-    return [(commit, name) for commit in git("rev-list", "HEAD") for name in sorted(by_commit.get(commit, []))]
+    return [(commit, name) for commit in git("rev-list", "HEAD").split() for name in sorted(by_commit.get(commit, []))]
 
 
 # ---- scaling curves ------------------------------------------------------------------------------
@@ -271,12 +272,16 @@ def parse_scaling_name(name: str | None) -> tuple[str, int] | None:
     return (match[1], int(match[2])) if match and match[1] in SCALING_MODELS else None
 
 
+def scaling_switches(model: str, size: int, switches: dict[str, str]) -> dict[str, str]:
+    """Every -S of one scaling run: the set's switches, the model's, its training size."""
+    return {**switches, **SCALING_MODELS[model].switches, "data.max_train_tokens": str(size)}
+
+
 def scaling_commands(models: list[str], sizes: list[int], switches: dict[str, str]) -> list[list[str]]:
     """`dvc exp run --temp` for each size (smallest first, so that an interrupted set has every model
     at its smaller sizes) and each model."""
     return [[*EXP_RUN, "-n", scaling_name(model, size),
-             *(item for key, value in {**switches, **SCALING_MODELS[model].switches, "data.max_train_tokens": str(size)}.items()
-               for item in ("-S", f"{key}={value}")),
+             *(item for key, value in scaling_switches(model, size, switches).items() for item in ("-S", f"{key}={value}")),
              SCALING_MODELS[model].target]
             for size in sorted(sizes) for model in models]
 
@@ -353,7 +358,7 @@ def run_scaling(models: list[str], sizes: list[int], overrides: list[str], dry_r
     for command in scaling_commands(models, sizes, switches):
         name = command[command.index("-n") + 1]
         model, size = parse_scaling_name(name)
-        expected = params_with({**switches, **SCALING_MODELS[model].switches, "data.max_train_tokens": str(size)}).model_dump()
+        expected = params_with(scaling_switches(model, size, switches)).model_dump()
         if name not in newest or experiment_params(newest[name], name) != expected:
             todo.append(command)
     print(f"ctxlm scaling: {len(sizes) * len(models) - len(todo)} of {len(sizes) * len(models)} runs already finished with these "

@@ -31,7 +31,7 @@ from ctxlm.errors import CtxlmError  # noqa: E402
 from ctxlm.scaling import PowerLawFit, crossings, fit_power_law  # noqa: E402
 from ctxlm.experiments import (  # noqa: E402
     COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
-    SEED_FAMILY, Comparison, Family, Metric, experiment_refs, parse_experiment_name, parse_full_size_name, parse_scaling_name,
+    SEED_FAMILY, Comparison, Family, Metric, experiment_refs, git, parse_experiment_name, parse_full_size_name, parse_scaling_name,
 )
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
@@ -43,19 +43,15 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
-
-
 def experiment_curve(rev: str) -> pd.DataFrame:
     """The phase-2 curve of the experiment at git revision `rev`: DVCLive's .tsv files, or, for an
     experiment made before ctxlm logged through DVCLive, the CSV that train_token wrote then."""
     folder = metrics_dir(CURVES / "train_token").as_posix()
     listed = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:{folder}"], capture_output=True, text=True)
     if listed.returncode != 0:
-        return pd.read_csv(io.StringIO(_git("show", f"{rev}:metrics/train_token_curve.csv")))
+        return pd.read_csv(io.StringIO(git("show", f"{rev}:metrics/train_token_curve.csv")))
     files = [name for name in listed.stdout.split() if name.endswith(".tsv")]
-    return read_curve({name[:-4]: _git("show", f"{rev}:{folder}/{name}") for name in files}, "epoch")
+    return read_curve({name[:-4]: git("show", f"{rev}:{folder}/{name}") for name in files}, "epoch")
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
