@@ -82,6 +82,27 @@ def run_stage(folder: Path, stage: str, env: dict[str, str] | None = None) -> tu
     return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def product_rate(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, repeats: int = 20, backward: bool = True) -> float:
+    """FLOP/s of plain products of the head's shapes: (m, k) x (k, n) for the logits and, with
+    `backward`, (m, n) x (n, k) for the gradient of the hidden state. The ceiling the head's
+    rate is stated against."""
+    h, w, g = (torch.randn(*shape, device=device).to(dtype) for shape in ((m, k), (n, k), (m, n)))
+    products = (lambda: (h @ w.T, g @ w)) if backward else (lambda: h @ w.T)
+    for _ in range(2):
+        products()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        products()
+    synchronize(device)
+    return (4 if backward else 2) * m * k * n * repeats / (time.perf_counter() - start)
+
+
 def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ctxlm-bench-"))
 

@@ -29,7 +29,7 @@ import torch
 import typer
 import yaml
 
-from bench.common import REPO, run_stage, workdir
+from bench.common import REPO, product_rate, run_stage, synchronize, workdir
 from ctxlm.config import Phase2Params
 from ctxlm.cstar import cstar_into, split_windows
 from ctxlm.model import TokenModel
@@ -45,11 +45,6 @@ TINY = {"data": {"max_train_tokens": 3000, "max_val_tokens": 1200}, "model": {"c
         "evaluate": {"rank_rows": 500}}
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_stages(folder: Path, device: torch.device) -> dict[str, float]:
     """The pipeline's stages in `folder`, one subprocess each (what `dvc repro` runs); their wall times."""
     seconds = {}
@@ -58,19 +53,6 @@ def run_stages(folder: Path, device: torch.device) -> dict[str, float]:
         seconds[stage] = round(seconds[stage], 2)
         print(f"{stage}: {seconds[stage]:.1f} s", flush=True)
     return seconds
-
-
-def product_rate(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, repeats: int = 20) -> float:
-    """FLOP/s of the head's two products: (m, k) x (k, n) for the logits, (m, n) x (n, k) for the gradient of the hidden state."""
-    h, w, g = (torch.randn(*shape, device=device).to(dtype) for shape in ((m, k), (n, k), (m, n)))
-    for _ in range(2):
-        h @ w.T, g @ w
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        h @ w.T, g @ w
-    synchronize(device)
-    return 4 * m * k * n * repeats / (time.perf_counter() - start)
 
 
 def phase2_rate(folder: Path, device: torch.device, steps: int) -> dict:

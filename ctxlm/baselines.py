@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2Model
 
@@ -26,7 +25,8 @@ from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
 from ctxlm.metrics import count
 from ctxlm.model import ContextBlocks, ModelConfig, TokenBlock, head_parameters, input_features, untied_head
-from ctxlm.phase2 import ChunkedLinearCrossEntropy, Phase2Result, TrainingTask, batch_bounds, score_batches, train_epochs
+from ctxlm.head import head_loss, head_scores
+from ctxlm.phase2 import Phase2Result, TrainingTask, batch_bounds, score_batches, train_epochs
 from ctxlm.runtime import autocast
 from ctxlm.shards import TokenSplit
 from ctxlm.weights import load_trained_state, load_weights
@@ -205,10 +205,7 @@ def sequence_loss(model: BaselineLM, inputs: torch.Tensor, targets: torch.Tensor
     with autocast(precision, device):
         hidden = model.hidden(inputs)
     scored = targets != IGNORE
-    weight, bias = model.head_parameters()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    loss = ChunkedLinearCrossEntropy.apply(hidden[scored].float(), weight, bias, targets[scored], dtype, 128)
-    return loss, scored.sum()
+    return head_loss(hidden[scored], *model.head_parameters(), targets[scored], precision), scored.sum()
 
 
 @torch.no_grad()
@@ -221,12 +218,12 @@ def evaluate_sequences(model: BaselineLM, data: SequenceData, device: torch.devi
     order = order[distributed.share(len(order))]
     weight, bias = model.head_parameters()
 
-    def scored_logits():
+    def scores():
         for inputs, targets in data.batches(order, sequences, device):
             scored = targets != IGNORE
-            yield F.linear(model.hidden(inputs)[scored].float(), weight, bias), targets[scored]
+            yield head_scores(model.hidden(inputs)[scored], weight, bias, targets[scored])
 
-    return score_batches(scored_logits(), int((data.lengths[order] - data.skips[order]).sum()), desc, device, shared=True)
+    return score_batches(scores(), int((data.lengths[order] - data.skips[order]).sum()), desc, device, shared=True)
 
 
 def window_sample(data: SequenceData, tokens: int, seed: int) -> np.ndarray:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ctxlm.cstar import cstar_into
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, ContextBlocks, TokenModel, input_features, token_windows
+from ctxlm.head import head_scores
 from ctxlm.phase2 import example_rows, score_batches, with_previous
 from ctxlm.runtime import one_thread
 from ctxlm.shards import doc_starts, has_next
@@ -218,9 +219,9 @@ def score_tokens(block: ContextBlock | ContextBlocks, model: TokenModel, tokens:
     def batches():
         for a in range(0, len(positions), SCORE_BATCH):
             rows = positions[a : a + SCORE_BATCH]
-            logits, targets = model(with_previous(cstar, index[rows], p), windows[rows]), ids[rows + 1]
-            logprobs.append(torch.log_softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0].double().numpy())
-            yield logits, targets
+            losses, correct = head_scores(model.hidden(with_previous(cstar, index[rows], p), windows[rows]), *model.head_parameters(), ids[rows + 1])
+            logprobs.append(-losses.double().numpy())
+            yield losses, correct
 
     loss, accuracy = score_batches(batches(), len(positions), "score", torch.device("cpu"))
     document = np.searchsorted(offsets, positions, side="right") - 1

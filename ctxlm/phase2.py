@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -18,63 +17,18 @@ from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
 from ctxlm.cstar import document_windows, shard_ranges
 from ctxlm.errors import CtxlmError
+from ctxlm.head import CHUNK, head_loss, head_scores
 from ctxlm.model import TokenModel
 from ctxlm.runtime import autocast, progress, release_free_memory, resolve_precision
 from ctxlm.shards import CstarReader, TokenSplit, decode_cstar
 from ctxlm.weights import load_trained_state
 
 
-class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of F.linear(hidden, weight, bias) against targets, a chunk of rows at a time.
-
-    The (B, V) logits are never held whole: each chunk's logits, softmax and gradients are made and
-    used at once (gradients are computed in the forward pass and scaled in backward), which halves
-    the memory traffic of a 30k-word softmax. Products run in `dtype` (bf16 like autocast, or fp32);
-    log-sum-exp, softmax and the gradient accumulators stay fp32."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, dtype, chunk):
-        n = hidden.shape[0]
-        w = weight.detach().to(dtype)
-        h = hidden.detach().to(dtype)
-        grad_hidden = torch.empty_like(hidden, dtype=torch.float32)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None
-        b = None if bias is None else bias.detach().float()
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for a in range(0, n, chunk):
-            rows = slice(a, a + chunk)
-            logits = (h[rows] @ w.T).float()
-            if b is not None:
-                logits += b
-            lse = torch.logsumexp(logits, dim=1)
-            target = targets[rows]
-            total += (lse - logits.gather(1, target[:, None])[:, 0]).sum()
-            probs = logits.sub_(lse[:, None]).exp_()
-            probs[torch.arange(len(target), device=probs.device), target] -= 1.0
-            probs /= n  # d(mean loss) / d logits
-            grad_hidden[rows] = (probs.to(dtype) @ w).float()
-            if grad_weight is not None:
-                grad_weight += (probs.to(dtype).T @ h[rows]).float()
-            if grad_bias is not None:
-                grad_bias += probs.sum(dim=0)
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        return total / n
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        scale = lambda g: None if g is None else g * grad_output  # noqa: E731
-        return scale(grad_hidden), scale(grad_weight), scale(grad_bias), None, None, None
-
-
-def training_loss(model: TokenModel, contexts, windows, targets, precision: str, device: torch.device, chunk: int = 128) -> torch.Tensor:
+def training_loss(model: TokenModel, contexts, windows, targets, precision: str, device: torch.device, chunk: int = CHUNK) -> torch.Tensor:
     """Mean next-token cross-entropy of a batch, through the chunked head."""
     with autocast(precision, device):
         hidden = model.hidden(contexts, windows)
-    weight, bias = model.head_parameters()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    return ChunkedLinearCrossEntropy.apply(hidden.float(), weight, bias, targets, dtype, chunk)
+    return head_loss(hidden, *model.head_parameters(), targets, precision, chunk)
 
 
 # An epoch's order is random at two scales so that C* can be read in bounded memory (see
@@ -198,24 +152,25 @@ def evaluate_split(model: TokenModel, data: SplitData, device: torch.device, bat
     model.eval()
     order = np.arange(len(data)) if sample is None else sample
     order = order[distributed.share(len(order))]
-    batches = ((model(contexts, windows), targets) for contexts, windows, targets in data.batches(order, batch, device))
+    weight, bias = model.head_parameters()
+    batches = (head_scores(model.hidden(contexts, windows), weight, bias, targets) for contexts, windows, targets in data.batches(order, batch, device))
     return score_batches(batches, len(order), desc, device, shared=True)
 
 
 def score_batches(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], positions: int, desc: str,
                   device: torch.device, shared: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy (nats) and argmax accuracy, in fp32, of (logits, targets) batches that
-    hold `positions` positions in all: the scoring that ctxlm and the neural baselines share.
-    The sums stay on `device`, the logits' device, until the end (no wait for it per batch); `shared`: the
-    batches are this process's share of the positions, and the sums are added over the processes."""
+    """Mean cross-entropy (nats) and argmax accuracy of batches of (B,) losses and (B,) hits
+    (head.head_scores) that hold `positions` positions in all: the scoring that ctxlm and the neural
+    baselines share. The sums stay on `device`, the losses' device, until the end (no wait for it per
+    batch); `shared`: the batches are this process's share of the positions, and the sums are added
+    over the processes."""
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, scored
     bar = progress(total=positions, desc=desc, unit="tok", unit_scale=True, leave=False)
-    for logits, targets in batches:
-        logits = logits.float()
-        totals[0] += F.cross_entropy(logits, targets, reduction="sum").double()
-        totals[1] += (logits.argmax(dim=1) == targets).sum()
-        totals[2] += len(targets)
-        bar.update(len(targets))
+    for losses, correct in batches:
+        totals[0] += losses.double().sum()
+        totals[1] += correct.sum()
+        totals[2] += len(losses)
+        bar.update(len(losses))
     bar.close()
     if shared:
         distributed.all_sum(totals)

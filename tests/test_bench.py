@@ -35,9 +35,11 @@ def test_bench_phase1(tmp_path):
 
 @pytest.mark.slow
 def test_bench_phase2(tmp_path):
-    _, last = run_bench(tmp_path, "bench.phase2", "--steps", "2", "--val-tokens", "600", "--batch", "64")
-    assert {"baseline_tokens_per_s", "fast_tokens_per_s", "speedup", "val_ppl_baseline", "val_ppl_fast"} <= set(last)
-    assert last["val_ppl_fast"] == pytest.approx(last["val_ppl_baseline"], rel=0.05)
+    _, last = run_bench(tmp_path, "bench.phase2", "--steps", "2", "--val-tokens", "600", "--batch", "64", "--profile", "--chunks", "16,64")
+    assert {"plain_train", "ctxlm_train", "plain_val", "ctxlm_val", "train_ceiling_tflops", "val_ceiling_tflops"} <= set(last)
+    assert last["val_ppl_ctxlm"] == pytest.approx(last["val_ppl_baseline"], rel=0.05)  # the same model, trained on the same batches
+    assert set(last["chunk_ms"]) == {"16", "64"}
+    assert last["profile_seconds"]["head matmuls"] > 0
 
 
 @pytest.mark.slow

@@ -162,20 +162,6 @@ def test_batches_follow_the_order(tmp_path, monkeypatch):
     assert torch.equal(torch.cat([t for _, _, t in batches]), targets)
 
 
-def test_score_batches_by_hand():
-    """The loss/accuracy loop that ctxlm's evaluate and the baselines share: mean cross-entropy and
-    argmax accuracy over every position of every batch, whatever the batch sizes."""
-    import math
-
-    from ctxlm.phase2 import score_batches
-
-    first = (torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1]))  # CE: log 2; log(1 + e^2); argmax right, wrong
-    second = (torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([1]))  # p(1) = 3/4: CE log(4/3); right
-    loss, acc = score_batches(iter([first, second]), positions=3, desc="test", device=torch.device("cpu"))
-    assert loss == pytest.approx((math.log(2) + math.log(1 + math.e**2) + math.log(4 / 3)) / 3)
-    assert acc == pytest.approx(2 / 3)
-
-
 @pytest.mark.slow
 def test_a_compiled_token_block_trains_to_the_same_weights_under_the_same_names(tmp_path):
     """runtime.compile (torch.compile in place, here through inductor on the CPU): two epochs give the
