@@ -1,6 +1,6 @@
 """Phase 2 against a plain PyTorch loop and against the machine's own matmul ceiling.
 
-    python -m bench.phase2 [--steps 60] [--val-tokens 20000] [--precision auto] [--profile] [--chunks 32,64,128,256]
+    python -m bench.phase2 [--steps 60] [--val-tokens 20000] [--precision auto] [--profile] [--chunks 128,512] [--baselines]
 
 In one process, on the offline default corpus's C*:
 - training: a plain loop (full logits, F.cross_entropy, a loss .item() every step) against ctxlm's
@@ -9,9 +9,11 @@ In one process, on the offline default corpus's C*:
 - the fraction of the ceiling each reaches: the head's matmul FLOPs per second (training: 4 V d_e
   per token, the logits and the gradient of the hidden state, E frozen; validation: 2 V d_e)
   divided by the rate of plain products of the same shapes in the same precision, measured here
-  before and after the timed runs (the faster of the two is the ceiling);
+  before and after the timed runs (the fastest of the timings is the ceiling);
 - `--profile`: where a training step's time goes (torch.profiler, grouped by kind of work);
-- `--chunks`: the chunked head's loss and gradients timed at each chunk size.
+- `--chunks`: the chunked head's loss and gradients timed at each chunk size;
+- `--baselines`: the LSTM's and the GPT-2-style model's training rate through the same loop (their
+  ratio is against the plain ctxlm loop; their fraction counts the head's FLOPs only).
 The last line is one JSON object of the figures.
 """
 
@@ -28,10 +30,11 @@ import torch.nn.functional as F
 import typer
 
 from bench.common import Timer, cstar_shards, context_block, offline_tokens, product_rate, workdir
-from ctxlm.config import Phase2Params
-from ctxlm.model import TokenModel
+from ctxlm.config import BaselinesParams, Phase2Params
+from ctxlm.model import ModelConfig, TokenModel
 from ctxlm.phase2 import SplitData, block_shuffled_order, evaluate_split, train_token_model
 from ctxlm.runtime import resolve_precision
+from ctxlm.shards import TokenSplit
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 CPU = torch.device("cpu")
@@ -127,11 +130,32 @@ def chunk_timings(model: TokenModel, train: SplitData, batch: int, precision: st
     return seconds
 
 
+def baseline_rates(train_tokens: TokenSplit, val_split: TokenSplit, embedding: torch.Tensor, cfg: ModelConfig, params: Phase2Params) -> dict[str, float]:
+    """Training tokens/s of each neural baseline (default size, E frozen, tied) through phase 2's
+    loop (train_baseline) over the bench's training tokens, one epoch; validation on 4 windows only."""
+    from ctxlm.baselines import KINDS, SequenceData, build_baseline, train_baseline
+
+    seq_len = BaselinesParams().seq_len
+    rates = {}
+    for kind in KINDS:
+        torch.manual_seed(0)
+        model = build_baseline(kind, cfg, embedding, True, True, seq_len, BaselinesParams().transformer_layers)
+        train = SequenceData(train_tokens, seq_len, stride=seq_len)
+        val = SequenceData(val_split, seq_len, stride=seq_len // 2)
+        val.starts, val.lengths, val.skips = val.starts[:4], val.lengths[:4], val.skips[:4]
+        val.tokens = int((val.lengths - val.skips).sum())
+        with Timer() as t:
+            train_baseline(model, train, val, params, CPU, torch.Generator().manual_seed(0), None, f"baseline {kind}")
+        rates[kind] = train.tokens / t.seconds
+    return rates
+
+
 @app.command()
 def main(steps: int = 60, val_tokens: int = 20_000, batch: int = 512,
          precision: str = typer.Option("auto", help="auto | fp32 | bf16 (phase2.precision)"),
          profile: bool = typer.Option(False, help="profile the training steps (torch.profiler)"),
-         chunks: str = typer.Option("", help="comma-separated chunk sizes to time the head at")) -> None:
+         chunks: str = typer.Option("", help="comma-separated chunk sizes to time the head at"),
+         baselines: bool = typer.Option(False, help="also time the neural baselines' training (the same loop)")) -> None:
     precision = resolve_precision(precision, CPU)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     folder = workdir()
@@ -146,7 +170,7 @@ def main(steps: int = 60, val_tokens: int = 20_000, batch: int = 512,
     params = Phase2Params(epochs=1, patience=1, batch_size=batch, precision=precision)
     order = block_shuffled_order(len(train), torch.Generator().manual_seed(0))  # the order ctxlm's seeded epoch follows
 
-    ceilings = [(product_rate(batch, d_e, vocab, dtype, CPU, repeats=5), product_rate(batch, d_e, vocab, torch.float32, CPU, repeats=5, backward=False))]
+    ceilings = [(product_rate(batch, d_e, vocab, dtype, CPU, repeats=8), product_rate(batch, d_e, vocab, torch.float32, CPU, repeats=8, backward=False))]
     torch.manual_seed(0)
     baseline = TokenModel(cfg, embedding, weight_tying=True, freeze_embedding=True)
     with Timer() as t_base:
@@ -160,12 +184,12 @@ def main(steps: int = 60, val_tokens: int = 20_000, batch: int = 512,
         ppl_base = math.exp(plain_evaluation(baseline, val))
     with Timer() as t_val_fast:
         ppl_fast = math.exp(evaluate_split(fast, val, CPU)[0])
-    ceilings.append((product_rate(batch, d_e, vocab, dtype, CPU, repeats=5), product_rate(batch, d_e, vocab, torch.float32, CPU, repeats=5, backward=False)))
+    ceilings.append((product_rate(batch, d_e, vocab, dtype, CPU, repeats=8), product_rate(batch, d_e, vocab, torch.float32, CPU, repeats=8, backward=False)))
     train_ceiling, val_ceiling = max(c[0] for c in ceilings), max(c[1] for c in ceilings)
 
-    def row(name: str, tokens_per_s: float, base: float, flops_per_token: int, ceiling: float, ppl: float) -> dict:
+    def row(name: str, tokens_per_s: float, base: float, flops_per_token: int, ceiling: float, ppl: float | None = None) -> dict:
         fraction = flops_per_token * tokens_per_s / ceiling
-        print(f"{name:<44}{tokens_per_s:>10,.0f}{tokens_per_s / base:>8.2f}{fraction:>10.1%}{ppl:>10.1f}")
+        print(f"{name:<44}{tokens_per_s:>10,.0f}{tokens_per_s / base:>8.2f}{fraction:>10.1%}" + ("" if ppl is None else f"{ppl:>10.1f}"))
         return {"tokens_per_s": round(tokens_per_s), "fraction_of_ceiling": round(fraction, 4)}
 
     print(f"\nphase 2, {steps} steps of {batch} tokens; d_e {d_e}, d_c {cfg.context_dim}, V {vocab}; ContextBlock {weights}; "
@@ -183,6 +207,9 @@ def main(steps: int = 60, val_tokens: int = 20_000, batch: int = 512,
     figures["ctxlm_val"] = row("validation: ctxlm evaluate_split", len(val) / t_val_fast.seconds, val_base, 2 * vocab * d_e, val_ceiling, ppl_fast)
     figures |= {"val_ppl_baseline": ppl_base, "val_ppl_ctxlm": ppl_fast}
 
+    if baselines:
+        for kind, rate in baseline_rates(train_tokens, val_split, embedding, cfg, params).items():
+            figures[f"{kind}_train"] = row(f"training: baseline {kind} (train_baseline)", rate, rate_base, 4 * vocab * d_e, train_ceiling)
     if chunks:
         sizes = [int(c) for c in chunks.split(",")]
         timings = chunk_timings(fast, train, batch, precision, sizes)

@@ -35,10 +35,10 @@ def test_bench_phase1(tmp_path):
 
 @pytest.mark.slow
 def test_bench_phase2(tmp_path):
-    _, last = run_bench(tmp_path, "bench.phase2", "--steps", "2", "--val-tokens", "600", "--batch", "64", "--profile", "--chunks", "16,64")
+    _, last = run_bench(tmp_path, "bench.phase2", "--steps", "2", "--val-tokens", "600", "--batch", "64", "--profile", "--chunks", "16,64", "--baselines")
     assert {"plain_train", "ctxlm_train", "plain_val", "ctxlm_val", "train_ceiling_tflops", "val_ceiling_tflops"} <= set(last)
     assert last["val_ppl_ctxlm"] == pytest.approx(last["val_ppl_baseline"], rel=0.05)  # the same model, trained on the same batches
-    assert set(last["chunk_ms"]) == {"16", "64"}
+    assert set(last["chunk_ms"]) == {"16", "64"} and {"lstm_train", "transformer_train"} <= set(last)
     assert last["profile_seconds"]["head matmuls"] > 0
 
 
