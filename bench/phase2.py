@@ -57,7 +57,8 @@ def plain_loop(model: TokenModel, data: SplitData, order: np.ndarray, batch: int
 
 @torch.no_grad()
 def plain_evaluation(model: TokenModel, data: SplitData) -> float:
-    """Mean cross-entropy over the split from full (EVAL_BATCH, V) logits."""
+    """Mean cross-entropy over the split from full (EVAL_BATCH, V) logits (and each batch's
+    accuracy, unused, since evaluate_split computes it too)."""
     model.eval()
     total = 0.0
     for start in range(0, len(data), EVAL_BATCH):
