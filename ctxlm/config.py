@@ -17,8 +17,12 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    source: str = "shakespeare"
-    """'shakespeare' (offline default), a .txt file or folder, a .jsonl file, or 'hf:<id>[:<split>]'."""
+    source: str = Field("shakespeare", min_length=1)
+    """'shakespeare' (offline default), a text or record file or folder, a save_to_disk folder[:split], or
+    'hf:<id or folder>[:<split>]': the forms in ctxlm/sources.py and docs/corpora.md."""
+    text_field: str = Field("text", min_length=1)
+    """The field or column of a record (JSONL, Parquet, Arrow, datasets) that holds its text; records
+    without it are read from their UltraChat-style `messages`."""
     val_plays: list[str] = ["hamlet", "macbeth"]
     """Shakespeare: whole plays held out for validation (early stopping)."""
     test_plays: list[str] = ["othello"]

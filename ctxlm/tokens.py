@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +61,25 @@ class SplitTokenizer:
     def result(self) -> TokenizedSplit:
         flat = np.concatenate(self.ids) if self.ids else np.zeros(0, dtype=np.int32)
         return TokenizedSplit(flat, np.asarray(self.offsets, dtype=np.int64), self.predicted_bytes, self.predicted_chars)
+
+
+def within_budgets(documents: Iterable[dict], tokenizer, budgets: dict[str, int], chunk: int = 256) -> Iterator[dict]:
+    """`documents` (dicts with split and text) until every split holds its token budget, counted
+    as the tokenize stage counts them (SplitTokenizer): a large source is read no further than
+    the tokens it will give. `chunk` documents are counted at a time; all of the last chunk pass."""
+    bar = progress(total=sum(budgets.values()), desc="prepare", unit="tok", unit_scale=True, leave=False)
+    splits = {split: SplitTokenizer(tokenizer, budget, bar) for split, budget in budgets.items()}
+    documents = iter(documents)
+    try:
+        while not all(tokens.full for tokens in splits.values()):
+            batch = list(itertools.islice(documents, chunk))
+            if not batch:
+                return
+            for split, tokens in splits.items():
+                tokens.add([document["text"] for document in batch if document["split"] == split])
+            yield from batch
+    finally:
+        bar.close()
 
 
 def tokenize_documents(tokenizer, texts: list[str], budget: int, chunk: int = 256) -> TokenizedSplit:

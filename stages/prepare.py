@@ -1,12 +1,15 @@
-"""Corpus -> data/corpus/documents.parquet: one row per document (split train/val/test, group, title, text)."""
+"""Corpus -> data/corpus/documents.parquet: one row per document (split train/val/test, group, title, text),
+read as a stream and no further than the documents whose tokens the token budgets take."""
 
 import time
 from pathlib import Path
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
+from ctxlm.embedding import load_tokenizer, resolve_model_dir
 from ctxlm.shards import SPLITS, atomic_dir, write_json_atomic
 from ctxlm.sources import iter_documents, write_documents
+from ctxlm.tokens import within_budgets
 
 app = make_app()
 
@@ -16,8 +19,12 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
     with stage_run("prepare", debug):
         start = time.perf_counter()
         params = load_params(params_file)
+        data = params.data
+        tokenizer = load_tokenizer(resolve_model_dir(params.embedding.model))
+        budgets = {"train": data.max_train_tokens, "val": data.max_val_tokens, "test": data.max_test_tokens}
+        documents = within_budgets(iter_documents(data, params.seed), tokenizer, budgets)
         with atomic_dir(Path("data/corpus")) as out:  # streamed: the corpus is never held whole
-            counts = write_documents(iter_documents(params.data, params.seed), out / "documents.parquet", params.data.source)
+            counts = write_documents(documents, out / "documents.parquet", data.source)
         print("prepare: " + ", ".join(f"{counts[split]} {split}" for split in SPLITS) + " documents")
         write_json_atomic(
             Path("metrics/prepare.json"),

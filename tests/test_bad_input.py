@@ -4,6 +4,7 @@ path, exit 1, print no traceback and leave the earlier outputs as they were."""
 
 from __future__ import annotations
 
+import gzip
 import typing
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
+import corpus_forms
 from conftest import REPO, write_params
 from ctxlm.config import Params, load_params
 from ctxlm.errors import CtxlmError
@@ -119,8 +121,13 @@ BAD_CORPORA = [
     ("latin-1", lambda f: corpus_file(f, "latin1.txt", "caf\u00e9 cr\u00e8me\n\nna\u00efve".encode("latin-1")), "is not UTF-8 text"),
     ("one huge line", lambda f: corpus_file(f, "line.txt", b"word " * 400_000), "need at least 3"),
     ("missing", lambda f: str(f / "no/such/corpus.txt"), "does not exist"),
-    ("empty folder", lambda f: (f / "docs").mkdir() or str(f / "docs"), "holds no .txt files"),
+    ("empty folder", lambda f: (f / "docs").mkdir() or str(f / "docs"), "holds no .txt, .jsonl, .parquet or .arrow files"),
     ("bad jsonl", lambda f: corpus_file(f, "c.jsonl", b'{"text": "a"}\n{oops\n'), "c.jsonl:2: not valid JSON"),
+    ("empty parquet", lambda f: corpus_file(f, "c.parquet", b""), "c.parquet' is not a readable Parquet file (Parquet file size is 0 bytes)"),
+    ("column missing", lambda f: corpus_forms.parquet_body(f, [["a"]])[0], "no column 'text' (data.text_field) and no 'messages' column; its columns: id, body"),
+    ("truncated gzip", lambda f: corpus_file(f, "c.txt.gz", gzip.compress(b"some text\n\n" * 1000)[:-30]), "c.txt.gz' is not a complete gzip file"),
+    ("split missing", lambda f: corpus_forms.saved_dataset_dict(f, [["a"]])[0].replace("train_sft", "train"),
+     "saved_dict' (a saved DatasetDict) has no split 'train'; its splits: train_sft, test_sft"),
 ]
 
 

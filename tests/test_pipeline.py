@@ -15,7 +15,9 @@ import pytest
 import torch
 import yaml
 
+import corpus_forms
 from conftest import ENV, TINY, ran_stages, sh, write_params
+from corpus_forms import FORMS
 from ctxlm.model import ContextBlock
 from ctxlm.phase1 import block_seed
 from ctxlm.runtime import seed_everything
@@ -211,3 +213,39 @@ def test_a_killed_repro_resumes_and_matches_an_uninterrupted_run(repo: Path):
     uninterrupted = json.loads((repo / "metrics/eval.json").read_text())
     assert {k: after_kill[k] for k in QUALITY} == {k: uninterrupted[k] for k in QUALITY}
     assert curves_after_kill == {f.name: f.read_text() for f in curves.iterdir()}  # every epoch's row, once
+
+
+def scene_documents(count: int, lines: int) -> list[list[str]]:
+    """The first `count` Shakespeare scenes, each cut to its first `lines` lines (no blank lines)."""
+    from ctxlm.sources import shakespeare_documents
+
+    texts = shakespeare_documents([], []).text[:count]
+    return [text.splitlines()[:lines] for text in texts]
+
+
+@pytest.mark.slow
+def test_every_corpus_form_runs_the_tiny_pipeline(repo: Path, tmp_path: Path):
+    """The same documents written in every form `data.source` accepts (tests/corpus_forms.py): the
+    first form runs every stage; each other form reruns prepare (and tokenize) only, and gives the
+    same tokens (the documents, their order and their splits do not depend on the form), so DVC
+    reuses the trained models and the metrics stay the same."""
+    documents = scene_documents(80, 10)
+    tokens_of_first = metrics_of_first = None
+    for form, write in FORMS.items():
+        folder = tmp_path / "forms" / form.replace(" ", "_").replace(":", "")
+        folder.mkdir(parents=True)
+        source, params = write(folder, documents)
+        write_params(repo, {"data": {"source": source, "text_field": params.get("text_field", "text")}})
+        ran = ran_stages(sh(repo, "dvc", "repro", HF_HUB_CACHE=str(corpus_forms.hub_cache(folder))).stdout)
+        tokens = {f.relative_to(repo).as_posix(): f.read_bytes() for f in sorted((repo / "data/tokens").rglob("*")) if f.is_file()}
+        metrics = json.loads((repo / "metrics/eval.json").read_text())
+        counts = json.loads((repo / "metrics/tokenize.json").read_text())
+        print(f"{form}: {counts['train_tokens']} train, {counts['val_tokens']} val, {counts['test_tokens']} test tokens "
+              f"({counts['train_documents']}, {counts['val_documents']}, {counts['test_documents']} documents)")
+        if tokens_of_first is None:
+            assert ran == CTXLM, form
+            tokens_of_first, metrics_of_first = tokens, metrics
+        else:
+            assert "prepare" in ran and ran <= {"prepare", "tokenize"}, form  # (tokenize too when the titles differ)
+            assert tokens == tokens_of_first, form
+            assert metrics == metrics_of_first, form

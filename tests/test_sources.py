@@ -1,11 +1,19 @@
+import itertools
 import json
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
+import corpus_forms
+from corpus_forms import FORMS, text_of
 from ctxlm.config import DataParams
+from ctxlm.embedding import load_tokenizer, resolve_model_dir
 from ctxlm.errors import CtxlmError
-from ctxlm.sources import load_documents, play_scenes
+from ctxlm.sources import HELD_OUT_RUN, iter_documents, load_documents, play_scenes, source_documents
+from ctxlm.tokens import SplitTokenizer, within_budgets
 
 
 def load(source, **kw):
@@ -102,8 +110,9 @@ def test_split_is_seeded(tmp_path):
         (lambda p: (p / "one.txt").write_text("only one document") and p / "one.txt", "non-empty document"),
         (lambda p: (p / "bin.txt").write_bytes(b"\xff\xfe\x00bad") and p / "bin.txt", "not UTF-8"),
         (lambda p: (p / "bad.jsonl").write_text('{"text": "x"}\n{oops\n') and p / "bad.jsonl", r"bad.jsonl:2: not valid JSON"),
-        (lambda p: (p / "nofield.jsonl").write_text('{"body": "x"}\n') and p / "nofield.jsonl", "neither a 'text'"),
-        (lambda p: (p / "dir").mkdir() or p / "dir", "no .txt files"),
+        (lambda p: (p / "nofield.jsonl").write_text('{"body": "x"}\n') and p / "nofield.jsonl",
+         r"nofield.jsonl:1: the record: no field 'text' \(data.text_field\) and no 'messages' field; its fields: body"),
+        (lambda p: (p / "dir").mkdir() or p / "dir", "holds no .txt, .jsonl, .parquet or .arrow files"),
     ],
 )
 def test_bad_corpora_give_one_clear_error(tmp_path, make, message):
@@ -111,8 +120,160 @@ def test_bad_corpora_give_one_clear_error(tmp_path, make, message):
         load(make(tmp_path))
 
 
-def test_unreachable_hf_dataset(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(CtxlmError, match="cannot load dataset 'no-such-user/no-such-dataset'"):
-        load("hf:no-such-user/no-such-dataset")
+
+
+# ---- every form of a corpus ----------------------------------------------------------------------
+
+DOCUMENTS = [[f"document {i} line {j}: " + " ".join(["words"] * (i % 4 + j + 1)) for j in range(1 + i % 3)] for i in range(23)]
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A local Hugging Face cache in tmp_path (corpus_forms.hub_cached fills it), and the hub off."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(corpus_forms.hub_cache(tmp_path)))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return corpus_forms.hub_cache(tmp_path)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_reads_back_the_documents_written(tmp_path, hub_cache, form):
+    source, params = FORMS[form](tmp_path, DOCUMENTS)
+    texts = [text for _, text in source_documents(source, **params)]
+    assert texts == [text_of(d) for d in DOCUMENTS]  # in order, each whole, none of another split
+
+
+@pytest.mark.parametrize("form", ["txt", "jsonl (messages)", "parquet (text_field)", "save_to_disk DatasetDict", "hf: hub id, cached"])
+def test_every_form_is_split_alike(tmp_path, hub_cache, form):
+    """The same documents in any form go to the same splits: the split depends on the order alone."""
+    (tmp_path / "reference").mkdir()
+    reference = load(FORMS["txt"](tmp_path / "reference", DOCUMENTS)[0])
+    source, params = FORMS[form](tmp_path, DOCUMENTS)
+    docs = load(source, **params)
+    assert docs[["split", "text"]].equals(reference[["split", "text"]])
+
+
+def cut_short(source):
+    path = Path(source)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    return path
+
+
+def written(form, folder):
+    return FORMS[form](folder, DOCUMENTS)[0]
+
+
+BAD_FORMS = [
+    ("empty Parquet file", lambda f: (f / "e.parquet").write_bytes(b"") or f / "e.parquet", {},
+     "data.source: '{f}/e.parquet' is not a readable Parquet file (Parquet file size is 0 bytes)"),
+    ("Parquet with no rows", lambda f: pd.DataFrame({"text": pd.Series([], dtype=str)}).to_parquet(f / "z.parquet") or f / "z.parquet", {},
+     "data.source: the corpus has 0 non-empty document(s); need at least 3"),
+    ("Parquet column missing", lambda f: written("parquet (text_field)", f), {},
+     "data.source: '{f}/corpus.parquet': no column 'text' (data.text_field) and no 'messages' column; its columns: id, body"),
+    ("Arrow column missing", lambda f: written("arrow stream", f), {"text_field": "content"},
+     "data.source: '{f}/corpus.arrow': no column 'content' (data.text_field) and no 'messages' column; its columns: text"),
+    ("JSONL field missing", lambda f: written("jsonl.gz", f), {"text_field": "body"},
+     "{f}/corpus.jsonl.gz:1: the record: no field 'body' (data.text_field) and no 'messages' field; its fields: text"),
+    ("save_to_disk column missing", lambda f: written("save_to_disk Dataset", f), {"text_field": "body"},
+     "data.source: '{f}/saved': no column 'body' (data.text_field) and no 'messages' column; its columns: text"),
+    ("not text in the column", lambda f: pd.DataFrame({"text": [1, 2, 3]}).to_parquet(f / "n.parquet") or f / "n.parquet", {},
+     "data.source: '{f}/n.parquet' row 0: column 'text': holds int, not text or a list of messages"),
+    ("corrupt Arrow file", lambda f: (f / "c.arrow").write_bytes(b"not arrow at all") and f / "c.arrow", {},
+     "data.source: '{f}/c.arrow' is not a readable Arrow file"),
+    ("truncated txt.gz", lambda f: cut_short(written("txt.gz", f)), {},
+     "data.source: '{f}/corpus.txt.gz' is not a complete gzip file (Compressed file ended before the end-of-stream marker was reached); "
+     "expected gzip-compressed .txt"),
+    ("truncated jsonl.gz", lambda f: cut_short(written("jsonl.gz", f)), {},
+     "data.source: '{f}/corpus.jsonl.gz' is not a complete gzip file"),
+    ("truncated parquet.gz", lambda f: cut_short(written("parquet.gz", f)), {},
+     "data.source: '{f}/corpus.parquet.gz' is not a complete gzip file"),
+    ("not gzip at all", lambda f: (f / "x.txt.gz").write_text("plain text") and f / "x.txt.gz", {},
+     "data.source: '{f}/x.txt.gz' is not a complete gzip file (Not a gzipped file"),
+    ("save_to_disk without the split", lambda f: written("save_to_disk DatasetDict", f).replace("train_sft", "validation"), {},
+     "data.source: '{f}/saved_dict' (a saved DatasetDict) has no split 'validation'; its splits: train_sft, test_sft"),
+    ("save_to_disk DatasetDict, no split asked, no train", lambda f: written("save_to_disk DatasetDict", f).removesuffix(":train_sft"), {},
+     "data.source: '{f}/saved_dict' (a saved DatasetDict) has no split 'train'; its splits: train_sft, test_sft"),
+    ("hf: save_to_disk without the split", lambda f: written("hf: save_to_disk", f).replace("train_sft", "dev"), {},
+     "has no split 'dev'; its splits: train_sft, test_sft"),
+    ("hf: folder without the split", lambda f: written("hf: folder", f).replace("train_sft", "dev"), {},
+     "data.source: cannot read split 'dev' of '{f}/hf_folder'"),
+    ("cached hub dataset without the split", lambda f: written("hf: hub id, cached", f).replace("train_sft", "dev"), {},
+     "data.source: cannot read split 'dev' of 'ctxlm-tests/tiny_chat' (cached at {f}/hf_cache/datasets--ctxlm-tests--tiny_chat/snapshots/"),
+    ("hub dataset not cached, offline", lambda f: "hf:no-such-user/no-such-dataset", {},
+     "data.source: dataset 'no-such-user/no-such-dataset' is not in the local Hugging Face cache ({f}/hf_cache) and the hub is off (HF_HUB_OFFLINE)"),
+    ("a hub id without hf:", lambda f: "HuggingFaceH4/ultrachat_200k", {},
+     "data.source: path 'HuggingFaceH4/ultrachat_200k' does not exist; for a Hugging Face dataset write 'hf:HuggingFaceH4/ultrachat_200k'"),
+    ("a split of a plain file", lambda f: written("txt", f) + ":train", {},
+     "data.source: '{f}/corpus.txt' is not a save_to_disk folder, so it has no splits (':train')"),
+    ("text and record files in one folder", lambda f: (written("folder of txt", f), written("parquet.gz", f / "texts"))[0], {},
+     "data.source: folder '{f}/texts' holds both text files (23) and record files (1); point data.source at a folder of one kind"),
+]
+
+
+@pytest.mark.parametrize("name, make, params, message", BAD_FORMS, ids=[b[0] for b in BAD_FORMS])
+def test_bad_input_of_each_form_is_one_line_naming_the_path(tmp_path, hub_cache, name, make, params, message):
+    source = make(tmp_path)
+    with pytest.raises(CtxlmError) as err:
+        list(iter_documents(DataParams(source=str(source), **params), seed=0))
+    assert message.format(f=tmp_path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+# ---- held out in runs; read no further than needed ---------------------------------------------
+
+def test_held_out_documents_are_drawn_run_by_run(tmp_path):
+    """250 documents, 10% validation and 20% test: runs of 100 hold 10 and 20 each, the last run of
+    50 holds ceil(0.1 * 250) - 20 = 5 and ceil(0.2 * 250) - 40 = 10 (hand-computed)."""
+    documents = [(f"d{i}", f"doc {i}") for i in range(250)]
+    from ctxlm.sources import split_documents
+
+    docs = list(split_documents(iter(documents), 0.1, 0.2, seed=3))
+    assert [d["text"] for d in docs] == [text for _, text in documents]
+    runs = [Counter(d["split"] for d in docs[start:start + HELD_OUT_RUN]) for start in range(0, 250, HELD_OUT_RUN)]
+    assert runs == [Counter(train=70, val=10, test=20), Counter(train=70, val=10, test=20), Counter(train=35, val=5, test=10)]
+    again = list(split_documents(iter(documents), 0.1, 0.2, seed=3))
+    other = list(split_documents(iter(documents), 0.1, 0.2, seed=4))
+    assert again == docs and [d["split"] for d in other] != [d["split"] for d in docs]
+    assert [d["split"] for d in docs[:100]] != [d["split"] for d in docs[100:200]]  # each run draws anew
+
+
+class Counted:
+    """An endless source of documents that counts how many were read."""
+
+    def __init__(self):
+        self.read = 0
+
+    def __iter__(self):
+        for i in itertools.count():
+            self.read += 1
+            yield f"d{i}", f"document number {i} has a few words in it"
+
+
+def test_an_endless_source_is_read_only_as_far_as_the_token_budgets_take(tmp_path):
+    from ctxlm.sources import split_documents
+
+    tokenizer = load_tokenizer(resolve_model_dir("minilm"))
+    source = Counted()
+    budgets = {"train": 2000, "val": 300, "test": 300}
+    kept = list(within_budgets(split_documents(source, 0.1, 0.1, seed=0), tokenizer, budgets))
+    # the same budgets over the first 10,000 documents of the same stream: the same tokens per split
+    every = list(itertools.islice(split_documents(Counted(), 0.1, 0.1, seed=0), 10_000))
+    for split, budget in budgets.items():
+        ours, reference = SplitTokenizer(tokenizer, budget), SplitTokenizer(tokenizer, budget)
+        ours.add([d["text"] for d in kept if d["split"] == split])
+        reference.add([d["text"] for d in every if d["split"] == split])
+        assert ours.full and (ours.result().ids == reference.result().ids).all(), split
+    needed = 1 + max(i for i, d in enumerate(every) if sum(1 for e in every[:i + 1] if e["split"] == "val") <= 30)
+    assert len(kept) < 2 * needed + 256 and source.read <= len(kept) + HELD_OUT_RUN  # (a run is held, a chunk counted)
+
+
+def test_a_parquet_file_is_read_a_row_group_at_a_time(tmp_path):
+    """Reading the first documents of a 40 MB Parquet file (1 MB row groups) allocates a small part of it."""
+    rows = 40_000
+    pd.DataFrame({"text": [f"row {i} " + "x" * 1000 for i in range(rows)]}).to_parquet(tmp_path / "big.parquet", row_group_size=1000)
+    before = pa.total_allocated_bytes()
+    documents = source_documents(str(tmp_path / "big.parquet"))
+    first = list(itertools.islice(documents, 10))
+    held = pa.total_allocated_bytes() - before
+    assert first[9][1].startswith("row 9 ") and held < 10_000_000, held  # the file's text is 40 MB
