@@ -192,26 +192,30 @@ def decompressed(path: Path):
 
 
 def parquet_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
-    """One document per row, read a row group batch at a time (.parquet or .parquet.gz)."""
+    """One document per row, the text column only, a batch of rows at a time (.parquet or .parquet.gz).
+    Buffered reads, not pre-buffered: pyarrow then reads a row group's pages as it decodes them,
+    where by default it reads whole column chunks (a row group can be the whole file) and its
+    memory grew with every row group read (pyarrow 26)."""
     import pyarrow.parquet as pq
 
     with decompressed(path) as plain, reading(path):
-        table = pq.ParquetFile(plain)
+        table = pq.ParquetFile(plain, buffer_size=1 << 20, pre_buffer=False)
         where = f"data.source: '{path}'"
         column = text_column(table.schema_arrow.names, text_field, where)
         yield from batch_documents(table.iter_batches(batch_size=ROWS_PER_READ, columns=[column]), column, path.name, where)
 
 
 def arrow_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
-    """One document per row of an Arrow IPC file, in the file or the stream format, memory-mapped."""
+    """One document per row of an Arrow IPC file, in the file or the stream format, a record batch at
+    a time (read, not memory-mapped: the mapped pages of a whole file would count as the stage's memory)."""
     import pyarrow as pa
 
     with reading(path):
         try:
-            reader = pa.ipc.open_file(pa.memory_map(str(path)))
+            reader = pa.ipc.open_file(pa.OSFile(str(path)))
             batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
         except pa.ArrowInvalid:  # not the file format: the stream format (what `datasets` writes)
-            reader = batches = pa.ipc.open_stream(pa.memory_map(str(path)))
+            reader = batches = pa.ipc.open_stream(pa.OSFile(str(path)))
         where = f"data.source: '{path}'"
         column = text_column(reader.schema.names, text_field, where)
         yield from batch_documents(batches, column, path.name, where)
@@ -292,9 +296,8 @@ def hub_dataset(name: str, split: str):
     try:
         return datasets.load_dataset(name, split=split, streaming=True)
     except Exception as err:  # datasets raises many types for "not found" and "unreachable"
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CtxlmError(f"data.source: dataset '{name}' split '{split}' is not in the local Hugging Face cache "
-                         f"({hub_cache_folder()}) and the hub gave: {reason}") from None
+                         f"({hub_cache_folder()}) and the hub gave: {first_line(err)}") from None
 
 
 def local_dataset(folder: str, split: str, what: str):
@@ -304,8 +307,11 @@ def local_dataset(folder: str, split: str, what: str):
     try:
         return datasets.load_dataset(folder, split=split, streaming=True)
     except Exception as err:  # an unknown split, no data files, ...
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CtxlmError(f"data.source: cannot read split '{split}' of {what}: {reason}") from None
+        raise CtxlmError(f"data.source: cannot read split '{split}' of {what}: {first_line(err)}") from None
+
+
+def first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def hf_documents(spec: str, text_field: str) -> Iterator[tuple[str, str]]:

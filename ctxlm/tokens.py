@@ -64,19 +64,24 @@ class SplitTokenizer:
 
 
 def within_budgets(documents: Iterable[dict], tokenizer, budgets: dict[str, int], chunk: int = 256) -> Iterator[dict]:
-    """`documents` (dicts with split and text) until every split holds its token budget, counted
-    as the tokenize stage counts them (SplitTokenizer): a large source is read no further than
-    the tokens it will give. `chunk` documents are counted at a time; all of the last chunk pass."""
+    """`documents` (dicts with split and text) until every split holds its token budget: a large
+    source is read no further than the tokens the tokenize stage will keep (SplitTokenizer keeps a
+    split's first `budget` tokens, so a split is full once its documents' tokens reach it). Counts
+    only, `chunk` documents at a time; all of the last chunk pass."""
     bar = progress(total=sum(budgets.values()), desc="prepare", unit="tok", unit_scale=True, leave=False)
-    splits = {split: SplitTokenizer(tokenizer, budget, bar) for split, budget in budgets.items()}
+    counted = dict.fromkeys(budgets, 0)
     documents = iter(documents)
     try:
-        while not all(tokens.full for tokens in splits.values()):
+        while any(counted[split] < budget for split, budget in budgets.items()):
             batch = list(itertools.islice(documents, chunk))
             if not batch:
                 return
-            for split, tokens in splits.items():
-                tokens.add([document["text"] for document in batch if document["split"] == split])
+            for split, budget in budgets.items():
+                texts = [document["text"] for document in batch if document["split"] == split]
+                if texts and counted[split] < budget:
+                    tokens = sum(map(len, tokenizer(texts, add_special_tokens=False)["input_ids"]))
+                    bar.update(min(tokens, budget - counted[split]))
+                    counted[split] += tokens
             yield from batch
     finally:
         bar.close()

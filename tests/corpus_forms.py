@@ -5,7 +5,9 @@ run the tiny pipeline on each (a real file of each form, written with pyarrow, p
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -155,12 +157,19 @@ def hub_cache(folder: Path) -> Path:
 
 
 def hub_cached(folder: Path, documents) -> tuple[str, dict]:
-    """HUB_ID as huggingface_hub keeps a downloaded dataset: datasets--<owner>--<name>/refs/main
-    naming a snapshot folder with the repository's files (the tests point HF_HUB_CACHE at it)."""
+    """HUB_ID as huggingface_hub keeps a downloaded dataset (the tests point HF_HUB_CACHE at it):
+    datasets--<owner>--<name>/ with refs/main naming a commit, the files' contents in blobs/<hash>,
+    and snapshots/<commit>/<path> links to them."""
     repo = hub_cache(folder) / ("datasets--" + HUB_ID.replace("/", "--"))
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(HUB_COMMIT)
-    split_files(repo / "snapshots" / HUB_COMMIT / "data", documents)
+    snapshot = repo / "snapshots" / HUB_COMMIT
+    split_files(snapshot / "data", documents)
+    (repo / "blobs").mkdir()
+    for file in sorted((snapshot / "data").iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        file.rename(blob)
+        file.symlink_to(os.path.relpath(blob, file.parent))
     return f"hf:{HUB_ID}:train_sft", {}
 
 

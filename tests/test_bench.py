@@ -51,6 +51,15 @@ def test_bench_memory(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_corpus(tmp_path):
+    stdout, last = run_bench(tmp_path, "bench.corpus", "--documents", "3000")
+    for form in ("txt.gz", "jsonl.gz", "parquet", "arrow"):
+        runs = last["forms"][form]
+        assert runs["whole"]["documents"] == 3000 and runs["budgeted"]["documents"] < 3000, form  # the budgets stop the reading
+    assert "whole corpus / budgeted" in stdout
+
+
+@pytest.mark.slow
 def test_bench_generate(tmp_path):
     stdout, last = run_bench(tmp_path, "bench.generate", "--positions", "16,64", "--steps", "2")
     assert [p["position"] for p in last["points"]] == [16, 64] and {"ctxlm_late_early_ratio", "transformer_late_early_ratio", "transformer_width"} <= set(last)
