@@ -224,19 +224,21 @@ def test_bad_input_of_each_form_is_one_line_naming_the_path(tmp_path, hub_cache,
 # ---- held out in runs; read no further than needed ---------------------------------------------
 
 def test_held_out_documents_are_drawn_run_by_run(tmp_path):
-    """250 documents, 10% validation and 20% test: runs of 100 hold 10 and 20 each, the last run of
-    50 holds ceil(0.1 * 250) - 20 = 5 and ceil(0.2 * 250) - 40 = 10 (hand-computed)."""
-    documents = [(f"d{i}", f"doc {i}") for i in range(250)]
+    """250 documents, 12.5% validation and 5% test. By hand: after each run of 100 the first n
+    documents hold ceil(0.125 n) validation documents, 13, 25 and 32 (of 250), so the runs hold 13,
+    12 and 7; and ceil(0.05 n) test documents, 5, 10 and 13, so 5, 5 and 3."""
     from ctxlm.sources import split_documents
 
-    docs = list(split_documents(iter(documents), 0.1, 0.2, seed=3))
+    documents = [(f"d{i}", f"doc {i}") for i in range(250)]
+    docs = list(split_documents(iter(documents), 0.125, 0.05, seed=3))
     assert [d["text"] for d in docs] == [text for _, text in documents]
     runs = [Counter(d["split"] for d in docs[start:start + HELD_OUT_RUN]) for start in range(0, 250, HELD_OUT_RUN)]
-    assert runs == [Counter(train=70, val=10, test=20), Counter(train=70, val=10, test=20), Counter(train=35, val=5, test=10)]
-    again = list(split_documents(iter(documents), 0.1, 0.2, seed=3))
-    other = list(split_documents(iter(documents), 0.1, 0.2, seed=4))
+    assert runs == [Counter(train=82, val=13, test=5), Counter(train=83, val=12, test=5), Counter(train=40, val=7, test=3)]
+    again = list(split_documents(iter(documents), 0.125, 0.05, seed=3))
+    other = list(split_documents(iter(documents), 0.125, 0.05, seed=4))
     assert again == docs and [d["split"] for d in other] != [d["split"] for d in docs]
-    assert [d["split"] for d in docs[:100]] != [d["split"] for d in docs[100:200]]  # each run draws anew
+    held_out = [[i % HELD_OUT_RUN for i, d in enumerate(docs) if d["split"] != "train" and i // HELD_OUT_RUN == run] for run in (0, 1)]
+    assert held_out[0] != held_out[1]  # each run draws anew
 
 
 class Counted:
@@ -252,21 +254,27 @@ class Counted:
 
 
 def test_an_endless_source_is_read_only_as_far_as_the_token_budgets_take(tmp_path):
+    """Validation is the last split to fill here (about 60 of its documents, one in ten, against 50
+    training documents): reading stops after the first chunk of 256 documents that fills all three;
+    in chunks of one document, after the very document that fills the last split."""
     from ctxlm.sources import split_documents
 
     tokenizer = load_tokenizer(resolve_model_dir("minilm"))
     source = Counted()
-    budgets = {"train": 2000, "val": 300, "test": 300}
+    budgets = {"train": 500, "val": 600, "test": 300}
     kept = list(within_budgets(split_documents(source, 0.1, 0.1, seed=0), tokenizer, budgets))
-    # the same budgets over the first 10,000 documents of the same stream: the same tokens per split
-    every = list(itertools.islice(split_documents(Counted(), 0.1, 0.1, seed=0), 10_000))
-    for split, budget in budgets.items():
-        ours, reference = SplitTokenizer(tokenizer, budget), SplitTokenizer(tokenizer, budget)
-        ours.add([d["text"] for d in kept if d["split"] == split])
-        reference.add([d["text"] for d in every if d["split"] == split])
-        assert ours.full and (ours.result().ids == reference.result().ids).all(), split
-    needed = 1 + max(i for i, d in enumerate(every) if sum(1 for e in every[:i + 1] if e["split"] == "val") <= 30)
-    assert len(kept) < 2 * needed + 256 and source.read <= len(kept) + HELD_OUT_RUN  # (a run is held, a chunk counted)
+
+    def full(documents) -> dict[str, bool]:
+        counts = {split: SplitTokenizer(tokenizer, budget) for split, budget in budgets.items()}
+        for split, tokens in counts.items():
+            tokens.add([d["text"] for d in documents if d["split"] == split])
+        return {split: tokens.full for split, tokens in counts.items()}
+
+    assert len(kept) % 256 == 0 and all(full(kept).values()) and not all(full(kept[:-256]).values())
+    exact = list(within_budgets(split_documents(Counted(), 0.1, 0.1, seed=0), tokenizer, budgets, chunk=1))
+    assert all(full(exact).values()) and not all(full(exact[:-1]).values())  # a document at a time: the shortest prefix
+    assert kept == list(itertools.islice(split_documents(Counted(), 0.1, 0.1, seed=0), len(kept)))  # the stream's first documents
+    assert source.read <= len(kept) + HELD_OUT_RUN  # (a run of documents is held ahead)
 
 
 @pytest.mark.parametrize("row_group_rows", [1000, 40_000])
