@@ -33,6 +33,11 @@ class DataParams(_Section):
     max_val_tokens: int = Field(100_000, ge=2)
     max_test_tokens: int = Field(100_000, ge=2)
 
+    @property
+    def token_budgets(self) -> dict[str, int]:
+        """The tokens each split keeps at most: {split: data.max_<split>_tokens}."""
+        return {"train": self.max_train_tokens, "val": self.max_val_tokens, "test": self.max_test_tokens}
+
     @model_validator(mode="after")
     def _held_out_splits_are_disjoint(self) -> "DataParams":
         both = sorted(set(self.val_plays) & set(self.test_plays))

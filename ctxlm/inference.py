@@ -236,12 +236,12 @@ def text_to_documents(source: str, one_document: bool = False) -> list[str]:
     import sys
     from pathlib import Path
 
-    from ctxlm.sources import source_documents
+    from ctxlm.sources import HF_PREFIX, source_documents
 
     if source == "-":
         text = sys.stdin.read()
         return [text] if one_document else re.split(r"\n\s*\n", text)
-    if not source.startswith("hf:") and not Path(source).exists():
+    if not source.startswith(HF_PREFIX) and not Path(source).exists():
         raise CtxlmError(f"{source}: no such file or folder")
     documents = [text for _, text in source_documents(source)]
     return ["\n\n".join(documents)] if one_document else documents

@@ -21,8 +21,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         params = load_params(params_file)
         data = params.data
         tokenizer = load_tokenizer(resolve_model_dir(params.embedding.model))
-        budgets = {"train": data.max_train_tokens, "val": data.max_val_tokens, "test": data.max_test_tokens}
-        documents = within_budgets(iter_documents(data, params.seed), tokenizer, budgets)
+        documents = within_budgets(iter_documents(data, params.seed), tokenizer, data.token_budgets)
         with atomic_dir(Path("data/corpus")) as out:  # streamed: the corpus is never held whole
             counts = write_documents(documents, out / "documents.parquet", data.source)
         print("prepare: " + ", ".join(f"{counts[split]} {split}" for split in SPLITS) + " documents")

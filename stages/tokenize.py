@@ -28,7 +28,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         tokenizer = load_tokenizer(model_dir)
         embedding = load_embedding(model_dir)
         check_vocab(tokenizer, embedding, model_dir)
-        budgets = {"train": params.data.max_train_tokens, "val": params.data.max_val_tokens, "test": params.data.max_test_tokens}
+        budgets = params.data.token_budgets
         counts = {}
         bar = progress(total=sum(budgets.values()), desc="tokenize", unit="tok", unit_scale=True, leave=False)
         splits = {split: SplitTokenizer(tokenizer, budget, bar) for split, budget in budgets.items()}

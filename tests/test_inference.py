@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -302,6 +303,8 @@ def test_score_input_is_cut_into_documents_as_data_source_cuts_a_corpus(tmp_path
     assert text_to_documents(str(tmp_path / "a.txt"), one_document=True) == ["first block\nstill first\n\nsecond block"]
     assert text_to_documents(str(tmp_path / "b.jsonl")) == ["one", "two\nthree"]
     assert text_to_documents(str(tmp_path / "b.jsonl"), one_document=True) == ["one\n\ntwo\nthree"]  # the records' texts, not raw JSON
+    pd.DataFrame({"text": ["row one", "row two"]}).to_parquet(tmp_path / "c.parquet")
+    assert text_to_documents(str(tmp_path / "c.parquet")) == ["row one", "row two"]  # any form data.source takes
     with pytest.raises(CtxlmError, match="no such file or folder"):
         text_to_documents(str(tmp_path / "missing.txt"))
 
