@@ -153,7 +153,7 @@ def text_file_documents(path: Path) -> Iterator[tuple[str, str]]:
         yield f"{path.name}#{index}", "".join(block).removesuffix("\n")
 
 
-def jsonl_documents(path: Path, text_field: str = "text") -> Iterator[tuple[str, str]]:
+def jsonl_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
     """One document per line (a JSON object), .jsonl or .jsonl.gz."""
     for line_no, line in enumerate(text_lines(path), 1):
         if not line.strip():
@@ -317,10 +317,10 @@ def first_line(err: Exception) -> str:
 def hf_documents(spec: str, text_field: str) -> Iterator[tuple[str, str]]:
     """'hf:<id or folder>[:<split>]': a hub dataset or a local folder, streamed through `datasets`."""
     name, _, split = spec[len(HF_PREFIX):].partition(":")
-    split = split or "train"
     if Path(name).is_dir() and is_saved_dataset(Path(name)):
-        yield from saved_dataset_documents(Path(name), split, text_field)
+        yield from saved_dataset_documents(Path(name), split or None, text_field)
         return
+    split = split or "train"
     dataset = local_dataset(name, split, f"'{name}'") if Path(name).is_dir() else hub_dataset(name, split)
     where = f"data.source: '{name}' split '{split}'"
     if dataset.column_names is not None:  # known up front for Parquet and Arrow files

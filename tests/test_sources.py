@@ -155,6 +155,16 @@ def test_every_form_is_split_alike(tmp_path, hub_cache, form):
     assert docs[["split", "text"]].equals(reference[["split", "text"]])
 
 
+def test_a_saved_dataset_of_one_split_is_read_whatever_its_split_and_refuses_another(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["one", "two", "three"]}, split="train_sft").save_to_disk(tmp_path / "saved")
+    for source in (f"{tmp_path}/saved", f"hf:{tmp_path}/saved", f"{tmp_path}/saved:train_sft"):
+        assert [text for _, text in source_documents(source)] == ["one", "two", "three"], source
+    with pytest.raises(CtxlmError, match=f"'{tmp_path}/saved' \\(a saved Dataset\\) holds the 'train_sft' split, not 'test'"):
+        list(source_documents(f"hf:{tmp_path}/saved:test"))
+
+
 def cut_short(source):
     path = Path(source)
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
