@@ -16,6 +16,7 @@ by two orders of magnitude.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import multiprocessing
 import shutil
@@ -42,14 +43,8 @@ def corpus_texts(documents: int):
 
 
 def text_batches(documents: int, rows: int = 10_000):
-    batch = []
-    for text in corpus_texts(documents):
-        batch.append(text)
-        if len(batch) == rows:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    texts = corpus_texts(documents)
+    return iter(lambda: list(itertools.islice(texts, rows)), [])
 
 
 def write_corpus(folder: Path, form: str, documents: int) -> None:

@@ -170,10 +170,10 @@ def jsonl_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
 
 
 def batch_documents(batches: Iterable, column: str, title: str, where: str) -> Iterator[tuple[str, str]]:
-    """One document per row of `column` in Arrow record batches (or `datasets` batches: dicts of lists)."""
+    """One document per row of `column` in Arrow record batches or tables."""
     row = 0
     for batch in batches:
-        for value in (batch[column] if isinstance(batch, dict) else batch.column(column).to_pylist()):
+        for value in batch.column(column).to_pylist():
             yield f"{title}#{row}", message_text(value, f"{where} row {row}: column '{column}'")
             row += 1
 
@@ -251,7 +251,8 @@ def saved_dataset_documents(path: Path, split: str | None, text_field: str) -> I
         raise CtxlmError(f"data.source: '{path}' (a saved Dataset) holds the '{saved.split}' split, not '{split}'")
     where = f"data.source: '{path}'" + (f" split '{split}'" if split else "")
     column = text_column(saved.column_names, text_field, where)
-    yield from batch_documents(saved.select_columns([column]).iter(batch_size=ROWS_PER_READ), column, path.name, where)
+    batches = saved.select_columns([column]).with_format("arrow").iter(batch_size=ROWS_PER_READ)
+    yield from batch_documents(batches, column, path.name, where)
 
 
 def folder_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
@@ -271,12 +272,6 @@ def folder_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
         yield from record_documents(f, text_field)
 
 
-def hub_cache_folder() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
 def hub_dataset(name: str, split: str):
     """A hub dataset's split as a `datasets` stream: from its snapshot in the local Hugging Face cache
     when there is one (so runs are repeatable and work offline), else from the hub."""
@@ -291,13 +286,13 @@ def hub_dataset(name: str, split: str):
         print(f"data.source: '{name}' from the local Hugging Face cache: {snapshot}")
         return local_dataset(snapshot, split, f"'{name}' (cached at {snapshot})")
     if constants.HF_HUB_OFFLINE:
-        raise CtxlmError(f"data.source: dataset '{name}' is not in the local Hugging Face cache ({hub_cache_folder()}) "
+        raise CtxlmError(f"data.source: dataset '{name}' is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
                          "and the hub is off (HF_HUB_OFFLINE)")
     try:
         return datasets.load_dataset(name, split=split, streaming=True)
     except Exception as err:  # datasets raises many types for "not found" and "unreachable"
         raise CtxlmError(f"data.source: dataset '{name}' split '{split}' is not in the local Hugging Face cache "
-                         f"({hub_cache_folder()}) and the hub gave: {first_line(err)}") from None
+                         f"({constants.HF_HUB_CACHE}) and the hub gave: {first_line(err)}") from None
 
 
 def local_dataset(folder: str, split: str, what: str):
@@ -359,17 +354,20 @@ def source_documents(source: str, text_field: str = "text") -> Iterator[tuple[st
     return text_file_documents(path)
 
 
+def held_out_count(fraction: float, documents: int) -> int:
+    """ceil(fraction * documents): the held-out documents among the first `documents` (round: 0.1 * 30
+    is 3.0000000000000004 in floats)."""
+    return math.ceil(round(fraction * documents, 9))
+
+
 def held_out_in_run(start: int, size: int, val_fraction: float, test_fraction: float, seed: int) -> dict[int, str]:
     """The held-out documents of the run of `size` documents from index `start`: {index in run: split}.
 
     Cumulative counts make the corpus's first n documents hold ceil(fraction * n) of each held-out
     split at every run's end, so a corpus within one run gets exactly that (at least one each). A
     seeded random choice within each run: the first run from `seed` alone, the others from (seed, start)."""
-    def due(fraction: float, end: int) -> int:
-        return math.ceil(round(fraction * end, 9))  # (round: 0.1 * 30 is 3.0000000000000004 in floats)
-
-    n_val = due(val_fraction, start + size) - due(val_fraction, start)
-    n_test = min(due(test_fraction, start + size) - due(test_fraction, start), size - n_val)
+    n_val = held_out_count(val_fraction, start + size) - held_out_count(val_fraction, start)
+    n_test = min(held_out_count(test_fraction, start + size) - held_out_count(test_fraction, start), size - n_val)
     chosen = random.Random(seed if start == 0 else f"{seed}/{start}").sample(range(size), n_val + n_test)
     return {i: "val" for i in chosen[:n_val]} | {i: "test" for i in chosen[n_val:]}
 
@@ -394,7 +392,7 @@ def check_small_corpus(count: int, val_fraction: float, test_fraction: float) ->
     """A corpus of `count` (< HELD_OUT_RUN) documents must leave each split one."""
     if count < 3:
         raise CtxlmError(f"data.source: the corpus has {count} non-empty document(s); need at least 3 (train, validation and test)")
-    n_val, n_test = (math.ceil(round(fraction * count, 9)) for fraction in (val_fraction, test_fraction))
+    n_val, n_test = held_out_count(val_fraction, count), held_out_count(test_fraction, count)
     if n_val + n_test >= count:
         raise CtxlmError(f"data.source: {count} documents leave none for training after {n_val} validation and {n_test} test documents; "
                          "lower data.val_fraction or data.test_fraction")
