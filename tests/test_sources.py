@@ -251,6 +251,20 @@ def test_held_out_documents_are_drawn_run_by_run(tmp_path):
     assert held_out[0] != held_out[1]  # each run draws anew
 
 
+def test_a_corpus_within_one_run_is_held_out_as_before_runs():
+    """Under 100 documents the choice is the one ctxlm made before it drew in runs (and that
+    docs/corpora.md promises): of random.Random(seed).sample(range(count), n_val + n_test), the first
+    n_val documents are validation, the rest test. 40 documents, 10% and 20%: 4 and 8."""
+    import random
+
+    from ctxlm.sources import split_documents
+
+    chosen = random.Random(7).sample(range(40), 12)
+    expected = ["val" if i in chosen[:4] else "test" if i in chosen[4:] else "train" for i in range(40)]
+    docs = split_documents(((f"d{i}", f"doc {i}") for i in range(40)), 0.1, 0.2, seed=7)
+    assert [d["split"] for d in docs] == expected
+
+
 class Counted:
     """An endless source of documents that counts how many were read."""
 
