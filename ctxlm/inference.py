@@ -243,7 +243,7 @@ def text_to_documents(source: str, one_document: bool = False) -> list[str]:
         return [text] if one_document else re.split(r"\n\s*\n", text)
     if not source.startswith(HF_PREFIX) and not Path(source).exists():
         raise CtxlmError(f"{source}: no such file or folder")
-    documents = [text for _, text in source_documents(source)]
+    documents = [text for _, _, text in source_documents(source)]
     return ["\n\n".join(documents)] if one_document else documents
 
 

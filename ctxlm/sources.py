@@ -9,22 +9,31 @@ has the table, with examples):
 - a record file: .jsonl or .jsonl.gz (a document per line), .parquet, .parquet.gz or .arrow (a
   document per row). A record's text is its `data.text_field` (default `text`) or, when it has no
   such field, its UltraChat-style `messages`, their contents joined by newlines;
-- a folder of text files (a document per file) or of record files (their rows, file by file), in
-  name order;
+- a folder of text files (a document per file) or of record files (their rows, file by file);
 - a folder written by `datasets`' save_to_disk, `<folder>[:<split>]` (a DatasetDict's split, `train`
   by default): a document per row;
 - 'hf:<dataset id or local dataset folder>[:<split>]': a hub dataset, from the local Hugging Face
   cache when it holds a snapshot, else streamed from the hub; or a local folder through `datasets`.
-Everything is read as a stream, row batch by row batch or line by line, never whole. Outside
-Shakespeare, documents are held out in runs of HELD_OUT_RUN: in each, a seeded random share
-`data.val_fraction` for validation (early stopping) and a disjoint `data.test_fraction` for test (the
-headline figures), so no count of the whole corpus is needed and reading can stop early
-(tokens.within_budgets).
+Everything is read as a stream, row batch by row batch or line by line, never whole. Each document
+comes with its group: the play, or the file or shard it was read from.
+
+`prepare` reads a corpus in a seeded order (iter_documents): the plays, a folder's files, a Parquet
+file's row groups, an Arrow file's batches, a saved dataset's row blocks and a hub dataset's shards
+are shuffled, and the documents then pass through a bounded shuffle buffer (SHUFFLE_BUFFER), so that
+a corpus read only in part is read across its whole extent. `ctxlm score` reads in corpus order.
+
+Outside Shakespeare a document's split is a seeded draw from a hash of its text (document_draws):
+validation with probability `data.val_fraction`, test with `data.test_fraction`, else train. It does
+not depend on where the document sits in the corpus, so every form and every reading order of the
+same corpus splits it alike, and identical documents never straddle two splits. A corpus of fewer
+than SMALL_CORPUS documents is held out exactly instead: the ceil(fraction * n) documents of lowest
+draw (at least one each).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -45,7 +54,8 @@ from ctxlm.errors import CtxlmError
 from ctxlm.shards import SPLITS
 
 HF_PREFIX = "hf:"
-HELD_OUT_RUN = 100  # documents: the validation and test documents are drawn within each run of this many
+SMALL_CORPUS = 100  # documents: a corpus of fewer is held out in exact counts, not by independent draws
+SHUFFLE_BUFFER = 1000  # documents held by the bounded shuffle of a seeded reading
 ROWS_PER_READ = 256
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".parquet.gz", ".arrow")
@@ -82,18 +92,42 @@ def play_scenes(markdown: str) -> list[tuple[str, str]]:
     return scenes
 
 
-def shakespeare_documents(val_plays: list[str], test_plays: list[str]) -> pd.DataFrame:
+def shakespeare_documents(val_plays: list[str], test_plays: list[str], order: random.Random | None = None) -> pd.DataFrame:
+    """One row per scene (split, group: the play, title, text), the plays in name order or shuffled by `order`."""
     plays = {path.stem: path for path in shakespeare_dir().glob("*/*.md")}
     for key, chosen in (("val_plays", val_plays), ("test_plays", test_plays)):
         unknown = sorted(set(chosen) - set(plays))
         if unknown:
             raise CtxlmError(f"data.{key}: unknown play(s) {unknown}; known plays: {', '.join(sorted(plays))}")
     rows = []
-    for name in sorted(plays):
+    for name in in_order(sorted(plays), order):
         split = "val" if name in val_plays else "test" if name in test_plays else "train"
         for heading, text in play_scenes(plays[name].read_text(encoding="utf-8")):
             rows.append({"split": split, "group": name, "title": f"{name}: {heading}", "text": text})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["split", "group", "title", "text"])
+
+
+def in_order(items: Iterable, order: random.Random | None) -> list:
+    """`items` as a list, shuffled by `order`, or as they come when there is none (corpus order)."""
+    items = list(items)
+    if order is not None:
+        order.shuffle(items)
+    return items
+
+
+def shuffled(documents: Iterable, order: random.Random, size: int = SHUFFLE_BUFFER) -> Iterator:
+    """A bounded shuffle, as `datasets`' IterableDataset.shuffle: a buffer of `size` items; each new
+    item takes the place of one drawn at random from it, which is yielded."""
+    buffer = []
+    for document in documents:
+        if len(buffer) < size:
+            buffer.append(document)
+            continue
+        i = order.randrange(size)
+        yield buffer[i]
+        buffer[i] = document
+    order.shuffle(buffer)
+    yield from buffer
 
 
 def message_text(value, where: str) -> str:
@@ -146,14 +180,14 @@ def text_lines(path: Path) -> Iterator[str]:
             yield line
 
 
-def text_file_documents(path: Path) -> Iterator[tuple[str, str]]:
+def text_file_documents(path: Path, group: str) -> Iterator[tuple[str, str, str]]:
     """One document per block of lines between blank (whitespace-only) lines."""
     blocks = (list(lines) for blank, lines in itertools.groupby(text_lines(path), key=lambda line: not line.strip()) if not blank)
     for index, block in enumerate(blocks):
-        yield f"{path.name}#{index}", "".join(block).removesuffix("\n")
+        yield group, f"{path.name}#{index}", "".join(block).removesuffix("\n")
 
 
-def jsonl_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+def jsonl_documents(path: Path, text_field: str, group: str) -> Iterator[tuple[str, str, str]]:
     """One document per line (a JSON object), .jsonl or .jsonl.gz."""
     for line_no, line in enumerate(text_lines(path), 1):
         if not line.strip():
@@ -166,16 +200,23 @@ def jsonl_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
         if not isinstance(record, dict):
             raise CtxlmError(f"{where}: expected a JSON object")
         column = text_column(record, text_field, f"{where}: the record", kind="field")
-        yield where, message_text(record[column], f"{where}: field '{column}'")
+        yield group, where, message_text(record[column], f"{where}: field '{column}'")
 
 
-def batch_documents(batches: Iterable, column: str, title: str, where: str) -> Iterator[tuple[str, str]]:
-    """One document per row of `column` in Arrow record batches or tables."""
-    row = 0
+def batch_documents(batches: Iterable[tuple[str, int, object]], column: str, title: str, where: str, group: str) -> Iterator[tuple[str, str, str]]:
+    """One document per row of `column` in Arrow record batches or tables, given as (label, first
+    row, batch): a row's title is `title#<label><row>`."""
+    for label, first, batch in batches:
+        for row, value in enumerate(batch.column(column).to_pylist(), first):
+            yield group, f"{title}#{label}{row}", message_text(value, f"{where} row {label}{row}: column '{column}'")
+
+
+def sequential(batches: Iterable) -> Iterator[tuple[str, int, object]]:
+    """Batches read in order -> (label, first row, batch), rows numbered through the file."""
+    first = 0
     for batch in batches:
-        for value in batch.column(column).to_pylist():
-            yield f"{title}#{row}", message_text(value, f"{where} row {row}: column '{column}'")
-            row += 1
+        yield "", first, batch
+        first += batch.num_rows
 
 
 @contextmanager
@@ -191,8 +232,9 @@ def decompressed(path: Path):
         yield plain
 
 
-def parquet_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
-    """One document per row, the text column only, a batch of rows at a time (.parquet or .parquet.gz).
+def parquet_documents(path: Path, text_field: str, group: str, order: random.Random | None) -> Iterator[tuple[str, str, str]]:
+    """One document per row, the text column only, a batch of rows at a time (.parquet or .parquet.gz),
+    the row groups in file order or shuffled by `order`.
     Buffered reads, not pre-buffered: pyarrow then reads a row group's pages as it decodes them,
     where by default it reads whole column chunks (a row group can be the whole file) and its
     memory grew with every row group read (pyarrow 26)."""
@@ -202,31 +244,46 @@ def parquet_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
         table = pq.ParquetFile(plain, buffer_size=1 << 20, pre_buffer=False)
         where = f"data.source: '{path}'"
         column = text_column(table.schema_arrow.names, text_field, where)
-        yield from batch_documents(table.iter_batches(batch_size=ROWS_PER_READ, columns=[column]), column, path.name, where)
+        sizes = [table.metadata.row_group(i).num_rows for i in range(table.num_row_groups)]
+        firsts = list(itertools.accumulate(sizes, initial=0))
+
+        def row_groups():
+            for group_index in in_order(range(table.num_row_groups), order):
+                batches = table.iter_batches(batch_size=ROWS_PER_READ, row_groups=[group_index], columns=[column])
+                for _, first, batch in sequential(batches):
+                    yield "", firsts[group_index] + first, batch
+
+        yield from batch_documents(row_groups(), column, path.name, where, group)
 
 
-def arrow_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+def arrow_documents(path: Path, text_field: str, group: str, order: random.Random | None) -> Iterator[tuple[str, str, str]]:
     """One document per row of an Arrow IPC file, in the file or the stream format, a record batch at
-    a time (read, not memory-mapped: the mapped pages of a whole file would count as the stage's memory)."""
+    a time (read, not memory-mapped: the mapped pages of a whole file would count as the stage's memory).
+    The file format's batches in order or shuffled by `order` (titles then name the batch: `#<batch>:<row>`);
+    the stream format can only be read in order."""
     import pyarrow as pa
 
     with reading(path):
         try:
             reader = pa.ipc.open_file(pa.OSFile(str(path)))
-            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            if order is None:
+                batches = sequential(reader.get_batch(i) for i in range(reader.num_record_batches))
+            else:
+                batches = ((f"{i}:", 0, reader.get_batch(i)) for i in in_order(range(reader.num_record_batches), order))
         except pa.ArrowInvalid:  # not the file format: the stream format (what `datasets` writes)
-            reader = batches = pa.ipc.open_stream(pa.OSFile(str(path)))
+            reader = pa.ipc.open_stream(pa.OSFile(str(path)))
+            batches = sequential(reader)
         where = f"data.source: '{path}'"
         column = text_column(reader.schema.names, text_field, where)
-        yield from batch_documents(batches, column, path.name, where)
+        yield from batch_documents(batches, column, path.name, where, group)
 
 
-def record_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+def record_documents(path: Path, text_field: str, group: str, order: random.Random | None) -> Iterator[tuple[str, str, str]]:
     if path.name.endswith((".jsonl", ".jsonl.gz")):
-        return jsonl_documents(path, text_field)
+        return jsonl_documents(path, text_field, group)
     if path.name.endswith(".arrow"):
-        return arrow_documents(path, text_field)
-    return parquet_documents(path, text_field)
+        return arrow_documents(path, text_field, group, order)
+    return parquet_documents(path, text_field, group, order)
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -234,8 +291,9 @@ def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def saved_dataset_documents(path: Path, split: str | None, text_field: str) -> Iterator[tuple[str, str]]:
-    """The rows of a save_to_disk folder (memory-mapped Arrow): a DatasetDict's `split` (train by default)."""
+def saved_dataset_documents(path: Path, split: str | None, text_field: str, order: random.Random | None) -> Iterator[tuple[str, str, str]]:
+    """The rows of a save_to_disk folder (memory-mapped Arrow): a DatasetDict's `split` (train by
+    default), in blocks of ROWS_PER_READ rows, in order or shuffled by `order`."""
     import datasets  # imported here: slow, and only these sources need it
 
     try:
@@ -251,12 +309,14 @@ def saved_dataset_documents(path: Path, split: str | None, text_field: str) -> I
         raise CtxlmError(f"data.source: '{path}' (a saved Dataset) holds the '{saved.split}' split, not '{split}'")
     where = f"data.source: '{path}'" + (f" split '{split}'" if split else "")
     column = text_column(saved.column_names, text_field, where)
-    batches = saved.select_columns([column]).with_format("arrow").iter(batch_size=ROWS_PER_READ)
-    yield from batch_documents(batches, column, path.name, where)
+    rows = saved.select_columns([column]).with_format("arrow")
+    blocks = (("", first, rows[first:first + ROWS_PER_READ]) for first in in_order(range(0, len(rows), ROWS_PER_READ), order))
+    yield from batch_documents(blocks, column, path.name, where, path.name + (f":{split}" if split else ""))
 
 
-def folder_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
-    """A folder of text files (a document each) or of record files (their rows), in name order."""
+def folder_documents(path: Path, text_field: str, order: random.Random | None) -> Iterator[tuple[str, str, str]]:
+    """A folder of text files (a document each) or of record files (their rows), in name order or
+    shuffled by `order`; a document's group is its file."""
     files = sorted(f for f in path.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
     texts = [f for f in files if f.name.endswith(TEXT_SUFFIXES)]
     records = [f for f in files if f.name.endswith(RECORD_SUFFIXES)]
@@ -266,10 +326,11 @@ def folder_documents(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
     if not texts and not records:
         raise CtxlmError(f"data.source: folder '{path}' holds no .txt, .jsonl, .parquet or .arrow files (nor .gz of the first three), "
                          "and is not a save_to_disk folder")
-    for f in texts:
-        yield str(f.relative_to(path)), "".join(text_lines(f))
-    for f in records:
-        yield from record_documents(f, text_field)
+    for f in in_order(texts, order):
+        name = str(f.relative_to(path))
+        yield name, name, "".join(text_lines(f))
+    for f in in_order(records, order):
+        yield from record_documents(f, text_field, str(f.relative_to(path)), order)
 
 
 def hub_dataset(name: str, split: str):
@@ -309,20 +370,25 @@ def first_line(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def hf_documents(spec: str, text_field: str) -> Iterator[tuple[str, str]]:
-    """'hf:<id or folder>[:<split>]': a hub dataset or a local folder, streamed through `datasets`."""
+def hf_documents(spec: str, text_field: str, order: random.Random | None) -> Iterator[tuple[str, str, str]]:
+    """'hf:<id or folder>[:<split>]': a hub dataset or a local folder, streamed through `datasets`,
+    its shards (data files) in order or shuffled by `order`; a document's group is its shard."""
     name, _, split = spec[len(HF_PREFIX):].partition(":")
     if Path(name).is_dir() and is_saved_dataset(Path(name)):
-        yield from saved_dataset_documents(Path(name), split or None, text_field)
+        yield from saved_dataset_documents(Path(name), split or None, text_field, order)
         return
     split = split or "train"
     dataset = local_dataset(name, split, f"'{name}'") if Path(name).is_dir() else hub_dataset(name, split)
     where = f"data.source: '{name}' split '{split}'"
     if dataset.column_names is not None:  # known up front for Parquet and Arrow files
         text_column(dataset.column_names, text_field, where)
-    for row, record in enumerate(dataset):
-        column = text_column(record, text_field, f"{where} row {row}")
-        yield f"{name}:{split}:{row}", message_text(record[column], f"{where} row {row}: column '{column}'")
+    shards = dataset.num_shards if order is not None else 1  # in corpus order: the dataset as one stream
+    for shard in in_order(range(shards), order):
+        group = f"{name}:{split} shard {shard + 1} of {shards}"
+        for row, record in enumerate(dataset.shard(shards, shard) if shards > 1 else dataset):
+            title = f"{name}:{split}:{shard}:{row}" if shards > 1 else f"{name}:{split}:{row}"
+            column = text_column(record, text_field, f"{where} row {row}")
+            yield group, title, message_text(record[column], f"{where} row {row}: column '{column}'")
 
 
 def path_and_split(source: str) -> tuple[Path, str | None]:
@@ -337,59 +403,66 @@ def path_and_split(source: str) -> tuple[Path, str | None]:
     raise CtxlmError(f"data.source: path '{source}' does not exist{hint}")
 
 
-def source_documents(source: str, text_field: str = "text") -> Iterator[tuple[str, str]]:
-    """Any non-Shakespeare `data.source` -> its documents as (title, text), in corpus order, streamed.
-    The checks that need no reading (a missing path, a split where none applies) fail at once."""
+def source_documents(source: str, text_field: str = "text", seed: int | None = None) -> Iterator[tuple[str, str, str]]:
+    """Any non-Shakespeare `data.source` -> its documents as (group, title, text), streamed: in corpus
+    order, or with a `seed` in a seeded order (the files, row groups, batches or shards shuffled, then
+    the documents through a bounded shuffle buffer). The checks that need no reading (a missing
+    path, a split where none applies) fail at once."""
+    order = None if seed is None else random.Random(f"{seed}/order")
     if source.startswith(HF_PREFIX):
-        return hf_documents(source, text_field)
-    path, split = path_and_split(source)
-    if path.is_dir() and is_saved_dataset(path):
-        return saved_dataset_documents(path, split, text_field)
-    if split is not None:
-        raise CtxlmError(f"data.source: '{path}' is not a save_to_disk folder, so it has no splits (':{split}')")
-    if path.is_dir():
-        return folder_documents(path, text_field)
-    if path.name.endswith(RECORD_SUFFIXES):
-        return record_documents(path, text_field)
-    return text_file_documents(path)
+        documents = hf_documents(source, text_field, order)
+    else:
+        path, split = path_and_split(source)
+        if path.is_dir() and is_saved_dataset(path):
+            documents = saved_dataset_documents(path, split, text_field, order)
+        elif split is not None:
+            raise CtxlmError(f"data.source: '{path}' is not a save_to_disk folder, so it has no splits (':{split}')")
+        elif path.is_dir():
+            documents = folder_documents(path, text_field, order)
+        elif path.name.endswith(RECORD_SUFFIXES):
+            documents = record_documents(path, text_field, path.name, order)
+        else:
+            documents = text_file_documents(path, path.name)
+    return documents if seed is None else shuffled(documents, random.Random(f"{seed}/buffer"))
 
 
 def held_out_count(fraction: float, documents: int) -> int:
-    """ceil(fraction * documents): the held-out documents among the first `documents` (round: 0.1 * 30
-    is 3.0000000000000004 in floats)."""
+    """ceil(fraction * documents), the held-out documents of a small corpus, rounded to 9 decimals
+    first: 0.07 * 100 is 7.000000000000001 in floats, whose ceiling would be 8."""
     return math.ceil(round(fraction * documents, 9))
 
 
-def held_out_in_run(start: int, size: int, val_fraction: float, test_fraction: float, seed: int) -> dict[int, str]:
-    """The held-out documents of the run of `size` documents from index `start`: {index in run: split}.
-
-    Cumulative counts make the corpus's first n documents hold ceil(fraction * n) of each held-out
-    split at every run's end, so a corpus within one run gets exactly that (at least one each). A
-    seeded random choice within each run: the first run from `seed` alone, the others from (seed, start)."""
-    n_val = held_out_count(val_fraction, start + size) - held_out_count(val_fraction, start)
-    n_test = min(held_out_count(test_fraction, start + size) - held_out_count(test_fraction, start), size - n_val)
-    chosen = random.Random(seed if start == 0 else f"{seed}/{start}").sample(range(size), n_val + n_test)
-    return {i: "val" for i in chosen[:n_val]} | {i: "test" for i in chosen[n_val:]}
+def document_draws(text: str, seed: int) -> tuple[float, int]:
+    """Two seeded draws that depend on a document's text alone (blake2b keyed by the seed): a number
+    in [0, 1) that chooses its split, and a 64-bit key that orders the documents a split samples."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16, key=str(seed).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64, int.from_bytes(digest[8:], "big")
 
 
-def split_documents(documents: Iterable[tuple[str, str]], val_fraction: float, test_fraction: float, seed: int) -> Iterator[dict]:
-    """The non-empty `documents` in corpus order, each tagged with its split, one pass, a run of
-    HELD_OUT_RUN documents held at a time (held_out_in_run). A corpus too small for three splits
-    fails before the first document is yielded."""
-    kept = ((title, text) for title, text in documents if text.strip())
-    for start in itertools.count(0, HELD_OUT_RUN):
-        run = list(itertools.islice(kept, HELD_OUT_RUN))
-        if start == 0 and len(run) < HELD_OUT_RUN:
-            check_small_corpus(len(run), val_fraction, test_fraction)
-        split = held_out_in_run(start, len(run), val_fraction, test_fraction, seed)
-        for i, (title, text) in enumerate(run):
-            yield {"split": split.get(i, "train"), "group": title, "title": title, "text": text}
-        if len(run) < HELD_OUT_RUN:
-            return
+def split_documents(documents: Iterable[tuple[str, str, str]], val_fraction: float, test_fraction: float, seed: int) -> Iterator[dict]:
+    """The non-empty `documents` (group, title, text) in the order they come, each tagged with its
+    split and sampling key (document_draws): validation when its draw is below `val_fraction`, test
+    below `val_fraction + test_fraction`, else train. A corpus of fewer than SMALL_CORPUS documents
+    gets exact counts instead, ceil(fraction * n) of each held-out split, the documents of lowest
+    draw, and fails before the first document is yielded when too small for three splits."""
+    kept = ((group, title, text) for group, title, text in documents if text.strip())
+    head = list(itertools.islice(kept, SMALL_CORPUS))
+    draws = [document_draws(text, seed) for _, _, text in head]
+    if len(head) < SMALL_CORPUS:
+        check_small_corpus(len(head), val_fraction, test_fraction)
+        n_val, n_test = held_out_count(val_fraction, len(head)), held_out_count(test_fraction, len(head))
+        ranked = sorted(range(len(head)), key=lambda i: draws[i][0])
+        split = {i: "val" for i in ranked[:n_val]} | {i: "test" for i in ranked[n_val:n_val + n_test]}
+        for i, ((group, title, text), (_, key)) in enumerate(zip(head, draws)):
+            yield {"split": split.get(i, "train"), "group": group, "title": title, "text": text, "key": key}
+        return
+    for (group, title, text), (draw, key) in itertools.chain(zip(head, draws), ((d, document_draws(d[2], seed)) for d in kept)):
+        split = "val" if draw < val_fraction else "test" if draw < val_fraction + test_fraction else "train"
+        yield {"split": split, "group": group, "title": title, "text": text, "key": key}
 
 
 def check_small_corpus(count: int, val_fraction: float, test_fraction: float) -> None:
-    """A corpus of `count` (< HELD_OUT_RUN) documents must leave each split one."""
+    """A corpus of `count` (< SMALL_CORPUS) documents must leave each split one."""
     if count < 3:
         raise CtxlmError(f"data.source: the corpus has {count} non-empty document(s); need at least 3 (train, validation and test)")
     n_val, n_test = held_out_count(val_fraction, count), held_out_count(test_fraction, count)
@@ -399,23 +472,27 @@ def check_small_corpus(count: int, val_fraction: float, test_fraction: float) ->
 
 
 def iter_documents(params: DataParams, seed: int) -> Iterator[dict]:
-    """The corpus as dicts with split ('train'/'val'/'test'), group, title and text, in corpus order,
-    streamed. Every check that can fail before reading (a missing path, too few documents) fails
-    before the first document is yielded."""
+    """The corpus as dicts with split ('train'/'val'/'test'), group, title, text and key (the seeded
+    key a split's sample is drawn by), streamed in the seeded order `prepare` reads it in. Every check
+    that can fail before reading (a missing path, too few documents) fails before the first document
+    is yielded."""
     if params.source == "shakespeare":
-        yield from shakespeare_documents(params.val_plays, params.test_plays).to_dict("records")
+        scenes = shakespeare_documents(params.val_plays, params.test_plays, random.Random(f"{seed}/order"))
+        for document in scenes.to_dict("records"):
+            yield document | {"key": document_draws(document["text"], seed)[1]}
         return
-    yield from split_documents(source_documents(params.source, params.text_field), params.val_fraction, params.test_fraction, seed)
+    documents = source_documents(params.source, params.text_field, seed)
+    yield from split_documents(documents, params.val_fraction, params.test_fraction, seed)
 
 
 def write_documents(documents: Iterator[dict], path: Path, source: str, batch: int = 2048) -> dict[str, int]:
-    """Stream documents into a Parquet file (columns split, group, title, text), `batch` rows per row
+    """Stream documents into a Parquet file (columns split, group, title, text, key), `batch` rows per row
     group; returns the documents per split, and refuses (before the caller publishes the file) a
     split without any."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(name, pa.string()) for name in ("split", "group", "title", "text")])
+    schema = pa.schema([*((name, pa.string()) for name in ("split", "group", "title", "text")), ("key", pa.uint64())])
     counts = dict.fromkeys(SPLITS, 0)
     with pq.ParquetWriter(path, schema) as writer:
         rows: list[dict] = []

@@ -1,14 +1,17 @@
-"""Tokenizing documents into one flat id array with document offsets, up to a token budget."""
+"""Each split's seeded sample of documents up to its token budget (prepare), and tokenizing documents into
+one flat id array with document offsets, up to a token budget (tokenize)."""
 
 from __future__ import annotations
 
 import itertools
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
+from ctxlm.errors import CtxlmError
 from ctxlm.runtime import progress
 
 
@@ -22,7 +25,9 @@ class TokenizedSplit:
 
 class SplitTokenizer:
     """A split's documents tokenized as they come, in order, up to `budget` tokens (the last
-    document cut short if needed), so a corpus can be streamed through it.
+    document cut short if needed), so a corpus can be streamed through it; the result orders them
+    by their sampling keys when they come with some (prepare's), so that it does not depend on the
+    order a corpus was read in.
 
     Documents with no tokens are skipped. No special tokens are added: the context resets at each
     document start instead. Every token of a document but its first is predicted, so the text they
@@ -35,6 +40,7 @@ class SplitTokenizer:
         self.tokenizer, self.budget = tokenizer, budget
         self.ids: list[np.ndarray] = []
         self.offsets = [0]
+        self.keys: list[int] = []
         self.predicted_bytes = self.predicted_chars = 0
         self.bar = bar if bar is not None else progress(total=budget, desc="tokenize", unit="tok", unit_scale=True, leave=False)
 
@@ -42,14 +48,16 @@ class SplitTokenizer:
     def full(self) -> bool:
         return self.offsets[-1] >= self.budget
 
-    def add(self, texts: list[str]) -> None:
+    def add(self, texts: list[str], keys: list[int] | None = None) -> None:
+        """`keys`: the documents' sampling keys, by which result() orders them; by default, as they come."""
         if self.full or not texts:
             return
         encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        for text, doc, spans in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
+        for i, (text, doc, spans) in enumerate(zip(texts, encoded["input_ids"], encoded["offset_mapping"])):
             doc = doc[: self.budget - self.offsets[-1]]
             if doc:
                 self.ids.append(np.asarray(doc, dtype=np.int32))
+                self.keys.append(len(self.keys) if keys is None else keys[i])
                 self.offsets.append(self.offsets[-1] + len(doc))
                 predicted = text[spans[0][1] : spans[len(doc) - 1][1]]
                 self.predicted_chars += len(predicted)
@@ -59,32 +67,118 @@ class SplitTokenizer:
                 break
 
     def result(self) -> TokenizedSplit:
-        flat = np.concatenate(self.ids) if self.ids else np.zeros(0, dtype=np.int32)
-        return TokenizedSplit(flat, np.asarray(self.offsets, dtype=np.int64), self.predicted_bytes, self.predicted_chars)
+        ids = [self.ids[i] for i in np.argsort(np.asarray(self.keys, dtype=np.uint64), kind="stable")]
+        flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+        offsets = np.concatenate([[0], np.cumsum([len(doc) for doc in ids], dtype=np.int64)])
+        return TokenizedSplit(flat, offsets.astype(np.int64), self.predicted_bytes, self.predicted_chars)
 
 
-def within_budgets(documents: Iterable[dict], tokenizer, budgets: dict[str, int], chunk: int = 256) -> Iterator[dict]:
-    """`documents` (dicts with split and text) until every split holds its token budget: a large
-    source is read no further than the tokens the tokenize stage will keep (SplitTokenizer keeps a
-    split's first `budget` tokens, so a split is full once its documents' tokens reach it). Counts
-    only, `chunk` documents at a time; all of the last chunk pass."""
-    bar = progress(total=sum(budgets.values()), desc="prepare", unit="tok", unit_scale=True, leave=False)
-    counted = dict.fromkeys(budgets, 0)
-    documents = iter(documents)
-    try:
-        while any(counted[split] < budget for split, budget in budgets.items()):
+MIX_TOLERANCE = 0.10  # a group's share of a split may differ from its share of the region by this much before prepare warns
+
+
+@dataclass
+class Sample:
+    """What `prepare` keeps of the region of a corpus it read (sample_documents)."""
+
+    region: int  # documents read: the region is the reading's first `region` documents
+    read_to_end: bool  # the region is the whole corpus
+    chosen: dict[int, tuple[str, int]]  # index in the reading -> (split, key), for every document a split keeps
+    last: dict[str, int]  # split -> its chosen document of highest key, which tokenize cuts to the budget
+    mix: dict[str, list[dict]]  # split -> a row per group: documents, tokens, share, region_share
+
+    def kept(self, split: str, key: str) -> int:
+        return sum(row[key] for row in self.mix[split])
+
+    def gap(self, split: str) -> tuple[float, str]:
+        """The largest difference between a group's share of the split and of its region, and the group."""
+        row = max(self.mix[split], key=lambda row: abs(row["share"] - row["region_share"]))
+        return abs(row["share"] - row["region_share"]), row["group"]
+
+
+def sample_documents(documents: Iterable[dict], tokenizer, budgets: dict[str, int], whole_groups_held_out: bool,
+                     chunk: int = 256) -> Sample:
+    """Each split's seeded, uniform sample of whole documents from the region of the corpus read.
+
+    `documents` (dicts with split, group, text and key, in the seeded reading order) are read a chunk
+    at a time, each one's tokens counted, until every split's documents hold its token budget or the
+    corpus ends: that prefix is the region. A split keeps its documents of the region in order of
+    key until their tokens reach its budget (all of them when they hold fewer): a uniform sample, as
+    the keys are seeded draws. Holds four numbers a document, never its text.
+
+    The mix compares each split with the part of the region it was drawn from: the documents of its
+    own split when whole groups are held out (Shakespeare's plays), else the whole region."""
+    splits, group_names = list(budgets), {}
+    with progress(total=sum(budgets.values()), desc="prepare", unit="tok", unit_scale=True, leave=False) as bar:  # closed on errors too
+        split_of, keys, tokens, group_of = array("b"), array("Q"), array("q"), array("l")
+        seen = dict.fromkeys(budgets, 0)
+        documents = iter(documents)
+        read_to_end = False
+        while not read_to_end and any(seen[split] < budget for split, budget in budgets.items()):
             batch = list(itertools.islice(documents, chunk))
-            if not batch:
-                return
-            for split, budget in budgets.items():
-                texts = [document["text"] for document in batch if document["split"] == split]
-                if texts and counted[split] < budget:
-                    tokens = sum(map(len, tokenizer(texts, add_special_tokens=False)["input_ids"]))
-                    bar.update(min(tokens, budget - counted[split]))
-                    counted[split] += tokens
-            yield from batch
-    finally:
-        bar.close()
+            read_to_end = len(batch) < chunk
+            lengths = map(len, tokenizer([document["text"] for document in batch], add_special_tokens=False)["input_ids"]) if batch else []
+            for document, length in zip(batch, lengths):
+                split = document["split"]
+                bar.update(max(0, min(length, budgets[split] - seen[split])))
+                seen[split] += length
+                split_of.append(splits.index(split))
+                keys.append(document["key"])
+                tokens.append(length)
+                group_of.append(group_names.setdefault(document["group"], len(group_names)))
+        if not read_to_end:
+            read_to_end = next(documents, None) is None
+
+    split_of, keys, tokens, group_of = (np.frombuffer(a, dtype=a.typecode) if len(a) else np.zeros(0, a.typecode) for a in (split_of, keys, tokens, group_of))
+    kept_tokens = np.zeros_like(tokens)
+    chosen, last = {}, {}
+    for code, split in enumerate(splits):
+        order = np.flatnonzero(split_of == code)
+        order = order[np.argsort(keys[order], kind="stable")]
+        cumulative = np.cumsum(tokens[order])
+        count = min(int(np.searchsorted(cumulative, budgets[split])) + 1, len(order))
+        order = order[:count]
+        kept_tokens[order] = tokens[order]
+        if count:
+            last[split] = int(order[-1])
+            kept_tokens[order[-1]] -= max(0, int(cumulative[count - 1]) - budgets[split])
+        chosen.update({int(i): (split, int(keys[i])) for i in order})
+
+    names = list(group_names)
+    mix = {}
+    for code, split in enumerate(splits):
+        in_split = split_of == code
+        pool = in_split if whole_groups_held_out else np.ones_like(in_split)
+        picked = np.zeros_like(in_split)
+        picked[[i for i, (s, _) in chosen.items() if s == split]] = True
+        sample_tokens = np.bincount(group_of[picked], kept_tokens[picked], minlength=len(names))
+        sample_documents_ = np.bincount(group_of[picked], minlength=len(names))
+        pool_tokens = np.bincount(group_of[pool], tokens[pool], minlength=len(names))
+        mix[split] = [
+            {"group": names[g], "documents": int(sample_documents_[g]), "tokens": int(sample_tokens[g]),
+             "share": float(sample_tokens[g] / max(sample_tokens.sum(), 1)), "region_share": float(pool_tokens[g] / max(pool_tokens.sum(), 1))}
+            for g in np.flatnonzero(pool_tokens + sample_tokens)
+        ]
+    return Sample(len(split_of), read_to_end, chosen, last, mix)
+
+
+def chosen_documents(documents: Iterable[dict], sample: Sample) -> Iterator[dict]:
+    """The documents `sample` keeps, from a second reading of the same corpus in the same order: in
+    that order, except each split's document of highest key, which comes last so that tokenize (which
+    keeps a split's first `budget` tokens) cuts that one. A document whose key differs from the first
+    reading's means the corpus changed in between: an error, not a different sample."""
+    held = []
+    for index, document in enumerate(itertools.islice(documents, sample.region)):
+        if index not in sample.chosen:
+            continue
+        split, key = sample.chosen[index]
+        if (split, key) != (document["split"], document["key"]):
+            raise CtxlmError(f"data.source: document {index} ({document['title']}) differs between two readings: "
+                             "the corpus changed while prepare read it")
+        if sample.last[split] == index:
+            held.append(document)
+        else:
+            yield document
+    yield from held
 
 
 def tokenize_documents(tokenizer, texts: list[str], budget: int, chunk: int = 256) -> TokenizedSplit:

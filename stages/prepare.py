@@ -1,5 +1,6 @@
-"""Corpus -> data/corpus/documents.parquet: one row per document (split train/val/test, group, title, text),
-read as a stream and no further than the documents whose tokens the token budgets take."""
+"""Corpus -> data/corpus/documents.parquet: each split's seeded sample of whole documents up to its
+token budget (one row per document: split train/val/test, group, title, text), drawn from the region
+of the corpus read in a seeded order until every budget is full; and each split's mix of groups."""
 
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from ctxlm.config import load_params
 from ctxlm.embedding import load_tokenizer, resolve_model_dir
 from ctxlm.shards import SPLITS, atomic_dir, write_json_atomic
 from ctxlm.sources import iter_documents, write_documents
-from ctxlm.tokens import within_budgets
+from ctxlm.tokens import MIX_TOLERANCE, chosen_documents, sample_documents
 
 app = make_app()
 
@@ -21,14 +22,30 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         params = load_params(params_file)
         data = params.data
         tokenizer = load_tokenizer(resolve_model_dir(params.embedding.model))
-        documents = within_budgets(iter_documents(data, params.seed), tokenizer, data.token_budgets)
-        with atomic_dir(Path("data/corpus")) as out:  # streamed: the corpus is never held whole
-            counts = write_documents(documents, out / "documents.parquet", data.source)
-        print("prepare: " + ", ".join(f"{counts[split]} {split}" for split in SPLITS) + " documents")
-        write_json_atomic(
-            Path("metrics/prepare.json"),
-            {**{f"{split}_documents": counts[split] for split in SPLITS}, "seconds": elapsed_since(start)},
-        )
+        sample = sample_documents(iter_documents(data, params.seed), tokenizer, data.token_budgets,
+                                  whole_groups_held_out=data.source == "shakespeare")
+        with atomic_dir(Path("data/corpus")) as out:  # a second reading, streamed: the corpus is never held whole
+            counts = write_documents(chosen_documents(iter_documents(data, params.seed), sample), out / "documents.parquet", data.source)
+        region = "the whole corpus" if sample.read_to_end else "the corpus read so far"
+        print(f"prepare: read {sample.region:,} documents ({region}), in a seeded order")
+        for split in SPLITS:
+            gap, group = sample.gap(split)
+            print(f"prepare: {split}: {counts[split]} documents, {sample.kept(split, 'tokens'):,} tokens from {len(sample.mix[split])} group(s); "
+                  f"largest gap to the region's mix {gap:.1%} ({group})")
+            off = [row for row in sample.mix[split] if abs(row["share"] - row["region_share"]) > MIX_TOLERANCE]
+            if off:
+                print(f"prepare: warning: the {split} split's mix differs from the region it was drawn from by more than {MIX_TOLERANCE:.0%}: "
+                      + ", ".join(f"{row['group']} {row['share']:.1%} of the split, {row['region_share']:.1%} of the region" for row in off))
+        write_json_atomic(Path("metrics/prepare.json"), {
+            **{f"{split}_documents": counts[split] for split in SPLITS},
+            **{f"{split}_tokens": sample.kept(split, "tokens") for split in SPLITS},
+            **{f"{split}_groups": len(sample.mix[split]) for split in SPLITS},
+            **{f"{split}_mix_gap": sample.gap(split)[0] for split in SPLITS},
+            "region_documents": sample.region,
+            "read_to_end": sample.read_to_end,
+            "seconds": elapsed_since(start),
+            "mix": sample.mix,
+        })
 
 
 if __name__ == "__main__":

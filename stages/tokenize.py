@@ -1,4 +1,5 @@
-"""Documents -> token shards (ids + document offsets per split) and the embedding matrix E."""
+"""Documents -> token shards (ids + document offsets per split, the documents in order of their sampling
+keys) and the embedding matrix E."""
 
 import time
 from pathlib import Path
@@ -32,10 +33,11 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         counts = {}
         bar = progress(total=sum(budgets.values()), desc="tokenize", unit="tok", unit_scale=True, leave=False)
         splits = {split: SplitTokenizer(tokenizer, budget, bar) for split, budget in budgets.items()}
-        for batch in pq.ParquetFile(CORPUS).iter_batches(batch_size=256, columns=["split", "text"]):  # streamed, never whole
+        for batch in pq.ParquetFile(CORPUS).iter_batches(batch_size=256, columns=["split", "text", "key"]):  # streamed, never whole
             rows = batch.to_pydict()
             for split, tokens in splits.items():
-                tokens.add([text for s, text in zip(rows["split"], rows["text"]) if s == split])
+                chosen = [i for i, s in enumerate(rows["split"]) if s == split]
+                tokens.add([rows["text"][i] for i in chosen], [rows["key"][i] for i in chosen])
             if all(tokens.full for tokens in splits.values()):
                 break
         bar.close()

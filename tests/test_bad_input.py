@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 
 import annotated_types
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -158,8 +159,8 @@ def test_bad_corpus_stops_prepare(tmp_path, monkeypatch, previous_corpus, name, 
 def write_corpus(folder: Path, train: list[str], val: list[str], test: tuple[str, ...] = ("a test text",)) -> None:
     (folder / "data/corpus").mkdir(parents=True)
     splits = ["train"] * len(train) + ["val"] * len(val) + ["test"] * len(test)
-    pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(splits))], "split": splits,
-                  "text": [*train, *val, *test]}).to_parquet(folder / "data/corpus/documents.parquet")
+    pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(splits))], "split": splits, "text": [*train, *val, *test],
+                  "key": np.arange(len(splits), dtype=np.uint64)}).to_parquet(folder / "data/corpus/documents.parquet")
 
 
 BAD_TOKENS = [

@@ -1,5 +1,6 @@
-import itertools
 import json
+import math
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from corpus_forms import FORMS, text_of
 from ctxlm.config import DataParams
 from ctxlm.embedding import load_tokenizer, resolve_model_dir
 from ctxlm.errors import CtxlmError
-from ctxlm.sources import HELD_OUT_RUN, iter_documents, load_documents, play_scenes, source_documents
-from ctxlm.tokens import SplitTokenizer, within_budgets
+from ctxlm.sources import SMALL_CORPUS, iter_documents, load_documents, play_scenes, source_documents
+from ctxlm.tokens import MIX_TOLERANCE, chosen_documents, sample_documents
 
 
 def load(source, **kw):
@@ -58,7 +59,7 @@ def test_other_sources_hold_out_disjoint_seeded_fractions(tmp_path):
     docs = load(path, val_fraction=0.1, test_fraction=0.2)
     counts = docs.split.value_counts().to_dict()
     assert counts == {"train": 28, "val": 4, "test": 8}  # ceil(0.1 * 40), ceil(0.2 * 40), the rest
-    assert docs.text.tolist() == [f"doc {i}" for i in range(40)]  # corpus order, each document once
+    assert sorted(docs.text) == sorted(f"doc {i}" for i in range(40))  # each document once
     with pytest.raises(CtxlmError, match="need at least 3"):
         path.write_text("one\n\ntwo")
         load(path)
@@ -74,7 +75,7 @@ def test_text_file_blocks_and_folder_files(tmp_path):
     for name in "bca":
         (folder / f"{name}.txt").write_text(f"text of {name}")
     docs = load(folder)
-    assert docs.title.tolist() == ["a.txt", "b.txt", "c.txt"]
+    assert sorted(docs.title) == ["a.txt", "b.txt", "c.txt"] and docs.group.tolist() == docs.title.tolist()  # a file each
 
 
 def test_jsonl_text_and_messages(tmp_path):
@@ -141,17 +142,20 @@ def hub_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("form", FORMS)
 def test_every_form_reads_back_the_documents_written(tmp_path, hub_cache, form):
     source, params = FORMS[form](tmp_path, DOCUMENTS)
-    texts = [text for _, text in source_documents(source, **params)]
+    texts = [text for _, _, text in source_documents(source, **params)]
     assert texts == [text_of(d) for d in DOCUMENTS]  # in order, each whole, none of another split
+    seeded = [text for _, _, text in source_documents(source, **params, seed=3)]
+    assert sorted(seeded) == sorted(texts) and seeded != texts  # a seeded reading: each document once, in another order
 
 
 @pytest.mark.parametrize("form", ["txt", "jsonl (messages)", "parquet (text_field)", "save_to_disk DatasetDict", "hf: hub id, cached"])
 def test_every_form_is_split_alike(tmp_path, hub_cache, form):
-    """The same documents in any form go to the same splits: the split depends on the order alone."""
+    """The same documents in any form go to the same splits, read in whatever order: a split depends
+    on the document's text alone."""
     (tmp_path / "reference").mkdir()
-    reference = load(FORMS["txt"](tmp_path / "reference", DOCUMENTS)[0])
+    reference = load(FORMS["txt"](tmp_path / "reference", DOCUMENTS)[0]).sort_values("text", ignore_index=True)
     source, params = FORMS[form](tmp_path, DOCUMENTS)
-    docs = load(source, **params)
+    docs = load(source, **params).sort_values("text", ignore_index=True)
     assert docs[["split", "text"]].equals(reference[["split", "text"]])
 
 
@@ -160,7 +164,7 @@ def test_a_saved_dataset_of_one_split_is_read_whatever_its_split_and_refuses_ano
 
     datasets.Dataset.from_dict({"text": ["one", "two", "three"]}, split="train_sft").save_to_disk(tmp_path / "saved")
     for source in (f"{tmp_path}/saved", f"hf:{tmp_path}/saved", f"{tmp_path}/saved:train_sft"):
-        assert [text for _, text in source_documents(source)] == ["one", "two", "three"], source
+        assert [text for _, _, text in source_documents(source)] == ["one", "two", "three"], source
     with pytest.raises(CtxlmError, match=f"'{tmp_path}/saved' \\(a saved Dataset\\) holds the 'train_sft' split, not 'test'"):
         list(source_documents(f"hf:{tmp_path}/saved:test"))
 
@@ -231,74 +235,196 @@ def test_bad_input_of_each_form_is_one_line_naming_the_path(tmp_path, hub_cache,
     assert "\n" not in str(err.value)
 
 
-# ---- held out in runs; read no further than needed ---------------------------------------------
+# ---- held out by the text's draw; each split a seeded sample of the region read ------------------
 
-def test_held_out_documents_are_drawn_run_by_run(tmp_path):
-    """250 documents, 12.5% validation and 5% test. By hand: after each run of 100 the first n
-    documents hold ceil(0.125 n) validation documents, 13, 25 and 32 (of 250), so the runs hold 13,
-    12 and 7; and ceil(0.05 n) test documents, 5, 10 and 13, so 5, 5 and 3."""
+def draws(text: str, seed: int) -> tuple[float, int]:
+    """The documented draw (docs/corpora.md), computed here from hashlib directly: blake2b of the
+    UTF-8 text, 16 bytes, keyed by the seed's decimal digits; the first 8 bytes (big-endian) / 2**64
+    choose the split, the last 8 are the sampling key."""
+    import hashlib
+
+    digest = hashlib.blake2b(text.encode(), digest_size=16, key=str(seed).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64, int.from_bytes(digest[8:], "big")
+
+
+def test_a_large_corpus_is_split_by_each_documents_draw_in_any_order():
+    """1,000 documents, 12.5% validation and 5% test: a document is val below 0.125, test below
+    0.175, by its own draw, wherever it sits; reversed, the same documents get the same splits."""
     from ctxlm.sources import split_documents
 
-    documents = [(f"d{i}", f"doc {i}") for i in range(250)]
+    documents = [("g", f"d{i}", f"doc {i}") for i in range(1000)]
     docs = list(split_documents(iter(documents), 0.125, 0.05, seed=3))
-    assert [d["text"] for d in docs] == [text for _, text in documents]
-    runs = [Counter(d["split"] for d in docs[start:start + HELD_OUT_RUN]) for start in range(0, 250, HELD_OUT_RUN)]
-    assert runs == [Counter(train=82, val=13, test=5), Counter(train=83, val=12, test=5), Counter(train=40, val=7, test=3)]
-    again = list(split_documents(iter(documents), 0.125, 0.05, seed=3))
+    expected = ["val" if draws(text, 3)[0] < 0.125 else "test" if draws(text, 3)[0] < 0.175 else "train" for _, _, text in documents]
+    assert [d["split"] for d in docs] == expected and [d["key"] for d in docs] == [draws(t, 3)[1] for _, _, t in documents]
+    counts = Counter(expected)
+    assert abs(counts["val"] - 125) < 4 * (1000 * 0.125 * 0.875) ** 0.5 and abs(counts["test"] - 50) < 4 * (1000 * 0.05 * 0.95) ** 0.5
+    backwards = {d["text"]: d["split"] for d in split_documents(iter(documents[::-1]), 0.125, 0.05, seed=3)}
+    assert backwards == {d["text"]: d["split"] for d in docs}
     other = list(split_documents(iter(documents), 0.125, 0.05, seed=4))
-    assert again == docs and [d["split"] for d in other] != [d["split"] for d in docs]
-    held_out = [[i % HELD_OUT_RUN for i, d in enumerate(docs) if d["split"] != "train" and i // HELD_OUT_RUN == run] for run in (0, 1)]
-    assert held_out[0] != held_out[1]  # each run draws anew
+    assert sum(a["split"] != b["split"] for a, b in zip(docs, other)) > 100  # another seed, another split
 
 
-def test_a_corpus_within_one_run_is_held_out_as_before_runs():
-    """Under 100 documents the choice is the one ctxlm made before it drew in runs (and that
-    docs/corpora.md promises): of random.Random(seed).sample(range(count), n_val + n_test), the first
-    n_val documents are validation, the rest test. 40 documents, 10% and 20%: 4 and 8."""
-    import random
-
+def test_a_small_corpus_holds_out_exact_counts_of_lowest_draw():
+    """Under SMALL_CORPUS documents, ceil(fraction * n) each: 40 documents, 10% and 20% give the 4
+    of lowest draw to validation, the next 8 to test."""
     from ctxlm.sources import split_documents
 
-    chosen = random.Random(7).sample(range(40), 12)
-    expected = ["val" if i in chosen[:4] else "test" if i in chosen[4:] else "train" for i in range(40)]
-    docs = split_documents(((f"d{i}", f"doc {i}") for i in range(40)), 0.1, 0.2, seed=7)
-    assert [d["split"] for d in docs] == expected
+    texts = [f"doc {i}" for i in range(40)]
+    ranked = sorted(texts, key=lambda text: draws(text, 7)[0])
+    expected = {text: "val" if text in ranked[:4] else "test" if text in ranked[4:12] else "train" for text in texts}
+    docs = split_documents((("g", t, t) for t in texts), 0.1, 0.2, seed=7)
+    assert {d["text"]: d["split"] for d in docs} == expected
+    assert len(texts) < SMALL_CORPUS
 
 
-class Counted:
-    """An endless source of documents that counts how many were read."""
+def test_held_out_count_rounds_before_its_ceiling():
+    """0.07 * 100 is 7.000000000000001 in floats: its plain ceiling is 8, the held-out count 7."""
+    from ctxlm.sources import held_out_count
 
-    def __init__(self):
-        self.read = 0
-
-    def __iter__(self):
-        for i in itertools.count():
-            self.read += 1
-            yield f"d{i}", f"document number {i} has a few words in it"
+    assert math.ceil(0.07 * 100) == 8 and held_out_count(0.07, 100) == 7 and held_out_count(0.075, 100) == 8
 
 
-def test_an_endless_source_is_read_only_as_far_as_the_token_budgets_take(tmp_path):
-    """Validation is the last split to fill here (about 60 of its documents, one in ten, against 50
-    training documents): reading stops after the first chunk of 256 documents that fills all three;
-    in chunks of one document, after the very document that fills the last split."""
-    from ctxlm.sources import split_documents
+def words(document: dict) -> int:
+    """A document's tokens for a tokenizer that splits at spaces (the tests' FakeTokenizer)."""
+    return len(document["text"].split())
 
+
+class SpaceTokenizer:
+    """A stand-in for a tokenizer's counting call: one token per space-separated word."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [text.split() for text in texts]}
+
+
+def reference_sample(documents: list[dict], budgets: dict[str, int]) -> tuple[int, dict[int, str]]:
+    """A plain reading of the rule: the region is the shortest prefix (in chunks of one document)
+    whose splits all hold their budgets (the whole list if none is); each split keeps its documents
+    of the region by increasing key until their words reach its budget."""
+    seen = dict.fromkeys(budgets, 0)
+    region = len(documents)
+    for i, document in enumerate(documents):
+        seen[document["split"]] += words(document)
+        if all(seen[s] >= b for s, b in budgets.items()):
+            region = i + 1
+            break
+    chosen = {}
+    for split, budget in budgets.items():
+        total = 0
+        for i in sorted((i for i in range(region) if documents[i]["split"] == split), key=lambda i: documents[i]["key"]):
+            if total >= budget:
+                break
+            chosen[i] = split
+            total += words(documents[i])
+    return region, chosen
+
+
+def corpus_of(count: int, seed: int = 0, groups: int = 4) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"split": rng.choice(["train"] * 8 + ["val", "test"]), "group": f"g{i % groups}", "title": f"d{i}",
+             "text": " ".join(["w"] * rng.randint(1, 30)), "key": rng.getrandbits(64)} for i in range(count)]
+
+
+@pytest.mark.parametrize("budgets", [{"train": 500, "val": 300, "test": 200}, {"train": 40, "val": 1, "test": 1}, {"train": 10**9, "val": 10**9, "test": 10**9}])
+def test_each_split_keeps_its_lowest_keys_of_the_region_until_its_budget(budgets):
+    documents = corpus_of(2000)
+    region, chosen = reference_sample(documents, budgets)
+    sample = sample_documents(iter(documents), SpaceTokenizer(), budgets, whole_groups_held_out=False, chunk=1)
+    assert (sample.region, {i: s for i, (s, _) in sample.chosen.items()}) == (region, chosen)
+    assert sample.read_to_end == (region == len(documents))
+    for split, budget in budgets.items():
+        total = sum(words(documents[i]) for i, s in chosen.items() if s == split)
+        assert sample.kept(split, "tokens") == min(total, budget)  # the last document is cut to the budget
+        assert sample.last[split] == max((i for i, s in chosen.items() if s == split), key=lambda i: documents[i]["key"])
+    kept = list(chosen_documents(iter(documents), sample))  # the second reading: in order, each split's last at the end
+    assert sorted(d["title"] for d in kept) == sorted(documents[i]["title"] for i in chosen)
+    assert {d["title"] for d in kept[-3:]} == {documents[sample.last[s]]["title"] for s in budgets}
+
+
+def test_a_budget_larger_than_the_corpus_takes_every_document_once():
+    documents = corpus_of(300)
+    sample = sample_documents(iter(documents), SpaceTokenizer(), dict.fromkeys(["train", "val", "test"], 10**9), whole_groups_held_out=False)
+    kept = list(chosen_documents(iter(documents), sample))
+    assert sample.read_to_end and sample.region == 300 and sorted(d["title"] for d in kept) == sorted(d["title"] for d in documents)
+
+
+def test_a_corpus_that_changes_between_readings_is_refused():
+    documents = corpus_of(50)
+    sample = sample_documents(iter(documents), SpaceTokenizer(), {"train": 100, "val": 10, "test": 10}, whole_groups_held_out=False)
+    changed = [d | {"key": d["key"] + 1} for d in documents]
+    with pytest.raises(CtxlmError, match="differs between two readings: the corpus changed"):
+        list(chosen_documents(iter(changed), sample))
+
+
+def test_the_mix_compares_each_split_with_the_region_by_hand():
+    """Six documents, two groups, everything kept: train holds a 3 + 1 words, b 2 (a: 4/6 of train);
+    val a 2 (all); test b 4. The region (all 12 words): a 6/12, b 6/12."""
+    documents = [{"split": s, "group": g, "title": str(i), "text": " ".join(["w"] * n), "key": i}
+                 for i, (s, g, n) in enumerate([("train", "a", 3), ("train", "b", 2), ("val", "a", 2), ("test", "b", 4), ("train", "a", 1)])]
+    sample = sample_documents(iter(documents), SpaceTokenizer(), dict.fromkeys(["train", "val", "test"], 100), whole_groups_held_out=False)
+    shares = {split: {row["group"]: (row["documents"], row["tokens"], row["share"], row["region_share"]) for row in rows} for split, rows in sample.mix.items()}
+    assert shares["train"] == {"a": (2, 4, 4 / 6, 6 / 12), "b": (1, 2, 2 / 6, 6 / 12)}
+    assert shares["val"] == {"a": (1, 2, 1.0, 0.5), "b": (0, 0, 0.0, 0.5)} and sample.gap("val") == (0.5, "a")
+    held_out = sample_documents(iter(documents), SpaceTokenizer(), dict.fromkeys(["train", "val", "test"], 100), whole_groups_held_out=True)
+    assert {row["group"]: row["region_share"] for row in held_out.mix["train"]} == {"a": 4 / 6, "b": 2 / 6}  # its own split's documents
+
+
+def two_book_folder(folder: Path, first: str, second: str) -> Path:
+    """Two sources of different style as files named <book>_<nnn>.txt, sorted by book: 150 scenes
+    of the comedies (cut to 1,500 characters) and 150 made-up ledger entries of numbers."""
+    from ctxlm.sources import shakespeare_documents
+
+    scenes = shakespeare_documents([], []).text.tolist()
+    rng = random.Random(0)
+    folder.mkdir()
+    for i in range(150):
+        (folder / f"{first}_{i:03d}.txt").write_text(f"{i}. " + scenes[(7 * i) % len(scenes)][:1500])
+        (folder / f"{second}_{i:03d}.txt").write_text(" ".join(f"entry {rng.randint(0, 999)} paid {rng.randint(0, 99)}" for _ in range(40)))
+    return folder
+
+
+def test_two_books_sorted_by_name_give_every_split_each_books_share(tmp_path):
+    """The issue's two-book folder: files sorted by book, budgets about 20% of the corpus. Whichever
+    book sorts first, every split holds each book's share of the region read within 10 points."""
     tokenizer = load_tokenizer(resolve_model_dir("minilm"))
-    source = Counted()
-    budgets = {"train": 500, "val": 600, "test": 300}
-    kept = list(within_budgets(split_documents(source, 0.1, 0.1, seed=0), tokenizer, budgets))
+    mixes = []
+    for name, (first, second) in {"scenes first": ("scenes", "zledger"), "ledger first": ("scenes", "aledger")}.items():
+        folder = two_book_folder(tmp_path / name, first, second)
+        params = DataParams(source=str(folder), max_train_tokens=20_000, max_val_tokens=3_000, max_test_tokens=3_000)
+        documents = list(iter_documents(params, seed=0))
+        sample = sample_documents(iter(documents), tokenizer, params.token_budgets, whole_groups_held_out=False)
+        assert not sample.read_to_end
+        region = documents[:sample.region]
+        lengths = [len(ids) for ids in tokenizer([d["text"] for d in region], add_special_tokens=False)["input_ids"]]
+        region_share = sum(n for d, n in zip(region, lengths) if d["group"].startswith("scenes")) / sum(lengths)
+        for split in ("train", "val", "test"):
+            picked = [(region[i], lengths[i]) for i, (s, _) in sample.chosen.items() if s == split]
+            share = sum(n for d, n in picked if d["group"].startswith("scenes")) / sum(n for _, n in picked)
+            assert abs(share - region_share) < 0.10, (name, split, share, region_share)
+            mixes.append(share)
+        assert 0.2 < region_share < 0.8  # the region spans both books
+    assert max(mixes) - min(mixes) < 0.2
 
-    def full(documents) -> dict[str, bool]:
-        counts = {split: SplitTokenizer(tokenizer, budget) for split, budget in budgets.items()}
-        for split, tokens in counts.items():
-            tokens.add([d["text"] for d in documents if d["split"] == split])
-        return {split: tokens.full for split, tokens in counts.items()}
 
-    assert len(kept) % 256 == 0 and all(full(kept).values()) and not all(full(kept[:-256]).values())
-    exact = list(within_budgets(split_documents(Counted(), 0.1, 0.1, seed=0), tokenizer, budgets, chunk=1))
-    assert all(full(exact).values()) and not all(full(exact[:-1]).values())  # a document at a time: the shortest prefix
-    assert kept == list(itertools.islice(split_documents(Counted(), 0.1, 0.1, seed=0), len(kept)))  # the stream's first documents
-    assert source.read <= len(kept) + HELD_OUT_RUN  # (a run of documents is held ahead)
+def test_the_default_training_split_draws_from_the_training_plays():
+    """The default budgets keep 250,000 of the training plays' tokens, a quarter: a uniform sample
+    of their scenes holds every play's share within a few points, so at least 30 of the 35 plays."""
+    params = DataParams()
+    tokenizer = load_tokenizer(resolve_model_dir("minilm"))
+    sample = sample_documents(iter_documents(params, seed=0), tokenizer, params.token_budgets, whole_groups_held_out=True)
+    train = {row["group"] for row in sample.mix["train"] if row["documents"]}
+    assert len(train) >= 30 and not train & {"hamlet", "macbeth", "othello"} and sample.gap("train")[0] < MIX_TOLERANCE
+    assert sample.read_to_end and sample.kept("train", "tokens") == 250_000
+
+
+def test_another_seed_gives_another_sample(tmp_path):
+    folder = two_book_folder(tmp_path / "books", "scenes", "ledger")
+    tokenizer = load_tokenizer(resolve_model_dir("minilm"))
+    picked = []
+    for seed in (0, 0, 1):
+        params = DataParams(source=str(folder), max_train_tokens=20_000, max_val_tokens=3_000, max_test_tokens=3_000)
+        sample = sample_documents(iter_documents(params, seed), tokenizer, params.token_budgets, whole_groups_held_out=False)
+        picked.append(sorted(d["title"] for d in chosen_documents(iter_documents(params, seed), sample)))
+    assert picked[0] == picked[1] and len(set(picked[0]) & set(picked[2])) < 0.6 * len(picked[0])
 
 
 @pytest.mark.parametrize("row_group_rows", [1000, 40_000])
@@ -310,7 +436,7 @@ def test_a_parquet_file_is_read_a_little_at_a_time(tmp_path, row_group_rows):
     frame = pd.DataFrame({"text": [f"row {i} " + line.tobytes().decode() for i, line in enumerate(letters)]})  # incompressible
     frame.to_parquet(tmp_path / "big.parquet", row_group_size=row_group_rows)
     before, held, count = pa.total_allocated_bytes(), 0, 0
-    for count, (_, text) in enumerate(source_documents(str(tmp_path / "big.parquet")), 1):
+    for count, (_, _, text) in enumerate(source_documents(str(tmp_path / "big.parquet")), 1):
         if count % 500 == 0:
             held = max(held, pa.total_allocated_bytes() - before)
     assert count == rows and text.startswith(f"row {rows - 1} ")
