@@ -38,6 +38,12 @@ BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_n
 FULL_SIZE_METRICS = {"ctxlm": "metrics/eval.json", "lstm": "metrics/baselines/lstm.json"}  # each model's figures in a run
 SCALING_FIGURES = ("test_ppl", "test_acc", "test_bits_per_byte", "val_ppl", "epochs_run", "best_epoch")
 STAGE_METRICS = ("train_context", "generate_cstar", "train_token", "eval")  # ctxlm's training and scoring stages
+BEFORE_SAMPLING = Path("docs/results/before_sampling.json")  # the committed figures before each split became a seeded sample (issue 26)
+
+
+def superseded_runs() -> set[str]:
+    """The collected full-size runs made before the sampling change: their training split was another one."""
+    return set(json.loads(BEFORE_SAMPLING.read_text())["superseded_runs"]) if BEFORE_SAMPLING.is_file() else set()
 # Student's t quantile t(0.975, df) for df = 1..30: a 95% interval of a mean of df + 1 values.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -286,8 +292,10 @@ def comparison_table(comparison: Comparison, experiments: dict[str, dict[int, di
 
 def baseline_rows(full_size: Path = FULL_SIZE_RESULTS) -> list[str]:
     """ctxlm and the baselines of the committed full-size run side by side; for ctxlm and the LSTM,
-    mean ± 95% interval over their full-size seeds when more than one has run."""
-    collected = sorted(json.loads(full_size.read_text()).values(), key=lambda r: r["seed"]) if full_size.is_file() else []
+    mean ± 95% interval over their full-size seeds when more than one has run (runs of an earlier
+    sampling of the splits left out)."""
+    runs = json.loads(full_size.read_text()) if full_size.is_file() else {}
+    collected = sorted((run for name, run in runs.items() if name not in superseded_runs()), key=lambda r: r["seed"])
 
     def with_seeds(model: str, committed: dict) -> list[dict]:
         """The committed run's figures first, then those of the model's collected `full-*` runs in seed order."""
@@ -350,11 +358,17 @@ def plot_comparison_curves(experiments: dict[str, dict[int, dict]], path: Path, 
     plt.close(fig)
 
 
+def layer_number(key: str) -> int:
+    """'layer_12' -> 12."""
+    return int(key.removeprefix("layer_"))
+
+
 def plot_rank_by_layer(experiments: dict[str, dict[int, dict]], path: Path) -> None:
     """Effective rank of the validation C* per ContextBlock layer, as a fraction of d_c, mean over seeds."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for name, by_seed in experiments.items():
-        per_seed = [[r / run["context_dim"] for r in run["rank_by_layer"].values()] for run in by_seed.values()]
+        per_seed = [[run["rank_by_layer"][layer] / run["context_dim"] for layer in sorted(run["rank_by_layer"], key=layer_number)]
+                    for run in by_seed.values()]  # by number: collected runs are stored with sorted keys, layer_10 before layer_2
         if per_seed and per_seed[0]:
             means = [statistics.fmean(layer) for layer in zip(*per_seed)]
             ax.plot(range(1, len(means) + 1), means, marker="o", label=PREFIX + name)
@@ -432,12 +446,38 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
               *baseline_rows(), ""]
     if has_baseline_curves:
         lines += ["![validation PPL per epoch, ctxlm and the baselines](results/baseline_val_curves.png)", ""]
+    if BEFORE_SAMPLING.is_file():
+        lines += sampling_change_section(json.loads(BEFORE_SAMPLING.read_text()))
     if NEXT_FAMILY.results.is_file():
         lines += next_section(load_results(NEXT_FAMILY.results), figures / "next_val_curves.png")
     if SCALING_RESULTS.is_file():
         lines += scaling_section(json.loads(SCALING_RESULTS.read_text()), figures / "scaling.png")
     out.write_text("\n".join(lines))
     print(f"ctxlm report: wrote {out} and {len(list(figures.glob('*.png')))} plots in {figures}")
+
+
+def sampling_change_section(before: dict) -> list[str]:
+    """The committed full-size figures before and after every split became a seeded sample of the corpus."""
+    files = {"ctxlm": Path("metrics/eval.json"), **{name: Path(f"metrics/baselines/{name}.json") for name in BASELINES}}
+    labels = {"ctxlm": "ctxlm", **BASELINES}
+    ppl = Metric("ppl", "", False)
+    lines = ["### The sampling change", "",
+             f"Up to commit `{before['commit']}`, each split was {before['sampling']}. Now each split is a seeded "
+             "sample of whole documents from the whole corpus read (docs/corpora.md): the training split draws from every "
+             "training play. The same validation and test plays; the figures of the committed runs (seed 0), before and now. "
+             f"The other seeds' full-size runs ({', '.join(f'`{name}`' for name in before['superseded_runs'])}) were made "
+             "before the change and are left out of the intervals above until they are rerun.", "",
+             "| model | test PPL before | test PPL now | change | val PPL before | val PPL now | train PPL before | train PPL now |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, path in files.items():
+        if name not in before["metrics"] or not path.is_file():
+            continue
+        old, new = before["metrics"][name], json.loads(path.read_text())
+        train = [_format(m["train_ppl"], ppl) if "train_ppl" in m else "–" for m in (old, new)]
+        lines.append(f"| {labels[name]} | {_format(old['test_ppl'], ppl)} | {_format(new['test_ppl'], ppl)} | "
+                     f"{_percent(_change(old['test_ppl'], new['test_ppl']))} | {_format(old['val_ppl'], ppl)} | {_format(new['val_ppl'], ppl)} | "
+                     f"{train[0]} | {train[1]} |")
+    return lines + [""]
 
 
 def next_section(experiments: dict[str, dict[int, dict]], curves: Path) -> list[str]:

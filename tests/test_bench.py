@@ -98,3 +98,27 @@ def test_bench_gpu_runs_its_pipeline_and_checks_cstar_on_a_cpu(tmp_path):
     assert list(last["stage_seconds"]) == ["prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate"]
     assert last["cstar_check_tokens"] >= 500 and 0 < last["cstar_max_abs_error_vs_cpu_fp64"] < 1e-4
     assert last["phase2_tokens_per_s"] > 0 and 0 < last["head_fraction_of_ceiling"]
+
+
+def test_the_phase1_benchmark_s_plain_loop_is_phase_1_with_several_layers():
+    """bench.phase1's baseline, the obvious loop, trains as train_context_block does with 2 layers:
+    the OACD loss and the carried contexts are the final layer's in both (fast: no benchmark run)."""
+    import torch
+
+    from bench.phase1 import plain_loop
+    from conftest import make_block
+    from ctxlm.config import Phase1Params
+    from ctxlm.phase1 import train_context_block
+
+    x = torch.randn(40, 8)
+    starts = torch.zeros(40, dtype=torch.bool)
+    starts[[0, 13, 27]] = True
+    params = Phase1Params(max_iterations=3, batch_tokens=10, context_noise=0.1, early_stop_convergence=1.0, lr=0.01)
+    blocks = [make_block(num_layers=2).train() for _ in range(2)]
+    blocks[1].load_state_dict(blocks[0].state_dict())
+    before = blocks[0].linears[1].weight.detach().clone()
+    plain_loop(blocks[0], x, starts, params, torch.Generator().manual_seed(5))
+    train_context_block(blocks[1], x, starts, params, torch.Generator().manual_seed(5))
+    for (name, a), b in zip(blocks[0].named_parameters(), blocks[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(blocks[0].linears[1].weight, before)  # they trained

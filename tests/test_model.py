@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +106,33 @@ def test_previous_contexts_widen_each_token_block_layer_s_context_input():
     assert [linear.in_features for linear in block.linears] == [3 * 12 + 8, 3 * 12 + 8]
     assert ModelConfig.from_metadata(cfg.to_metadata()) == cfg
     assert "prev_contexts" not in replace(cfg, prev_contexts=0).to_metadata()  # files of models without it stay as they were
+
+
+def test_each_token_block_layer_reads_its_own_c_star_layer_then_the_previous_final_layer_contexts():
+    """L = 3, p = 2, k = 2: TokenBlock layer l reads row l of C* (not the first or the last for all),
+    then rows L .. L + p - 1 (c_{i-1}^L, c_{i-2}^L), against a plain numpy reference of its formula
+    h^l = LN(P_l h^{l-1} + GELU(U_l [c^l; c_{i-1}^L; c_{i-2}^L; h^{l-1}] + a_l)), h^0 = x."""
+    from dataclasses import replace
+
+    from scipy.special import erf
+
+    cfg = replace(make_config(context_dim=6, num_layers=3, embed_dim=4, num_input_tokens=2), prev_contexts=2)
+    block = TokenBlock(cfg).double()
+    with torch.no_grad():  # non-trivial LayerNorm affine, so the reference must use it
+        for norm in block.norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.2, 0.2)
+    contexts = torch.randn(5, 3 + 2, 6, dtype=torch.float64)  # every row different: a wrong row changes h
+    x = torch.randn(5, cfg.input_dim, dtype=torch.float64)
+    numpy = lambda t: t.detach().numpy()  # noqa: E731
+    c, h = numpy(contexts), numpy(x)
+    previous = c[:, 3:].reshape(5, -1)  # c_{i-1}^L then c_{i-2}^L
+    for l in range(3):
+        u = np.concatenate([c[:, l], previous, h], axis=1) @ numpy(block.linears[l].weight).T + numpy(block.linears[l].bias)
+        gelu = 0.5 * u * (1 + erf(u / np.sqrt(2)))
+        residual = h if isinstance(block.residuals[l], torch.nn.Identity) else h @ numpy(block.residuals[l].weight).T
+        z = residual + gelu
+        norm = block.norms[l]
+        h = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + norm.eps) * numpy(norm.weight) + numpy(norm.bias)
+    assert h.shape == (5, cfg.embed_dim)
+    np.testing.assert_allclose(numpy(block(contexts, x)), h, rtol=1e-10, atol=1e-12)

@@ -227,7 +227,8 @@ def scene_documents(count: int, lines: int) -> list[list[str]]:
 def test_every_corpus_form_runs_the_tiny_pipeline(repo: Path, tmp_path: Path):
     """The same documents written in every form `data.source` accepts (tests/corpus_forms.py): the
     first form runs every stage; each other form reruns prepare (and tokenize) only, and gives the
-    same tokens (the documents, their order and their splits do not depend on the form), so DVC
+    same tokens (the documents and their splits do not depend on the form, and tokenize orders them
+    by their sampling keys, whatever order the form was read in), so DVC
     reuses the trained models and the metrics stay the same."""
     documents = scene_documents(80, 10)
     tokens_of_first = metrics_of_first = None

@@ -249,3 +249,32 @@ def test_experiment_baselines_finds_experiments_of_any_commit_of_the_history(tmp
         sh(tmp_path, "git", "update-ref", f"refs/exps/{commit[:2]}/{commit[2:]}/{name}", commit)
     sh(tmp_path, "git", "update-ref", "refs/exps/exec/EXEC_BASELINE", commits[3])  # DVC's own refs are not experiments
     assert report.experiment_baselines() == [commits[12], commits[1]]
+
+
+def test_the_rank_by_layer_plot_puts_each_layer_s_mean_over_seeds_at_its_layer(tmp_path, monkeypatch):
+    """3 layers, 2 seeds: the point at x = l is the mean over the seeds of layer l's effective rank / d_c."""
+    from ctxlm import report
+
+    plotted = {}
+    monkeypatch.setattr(report, "_save_single", lambda fig, ax, *args: plotted.update(
+        {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}))
+    runs = {0: {"context_dim": 10, "rank_by_layer": {"layer_1": 2.0, "layer_2": 4.0, "layer_3": 9.0}},
+            1: {"context_dim": 10, "rank_by_layer": {"layer_1": 4.0, "layer_2": 5.0, "layer_3": 7.0}}}
+    report.plot_rank_by_layer({"layers-3": runs}, tmp_path / "ranks.png")
+    [(xs, ys)] = plotted.values()
+    assert xs == [1, 2, 3]
+    assert ys == pytest.approx([0.3, 0.45, 0.8])
+
+
+def test_the_rank_by_layer_plot_orders_layers_by_number_not_as_text(tmp_path, monkeypatch):
+    """12 layers stored with sorted keys (layer_1, layer_10, layer_11, layer_12, layer_2, ...): layer l
+    whose rank is l is still plotted at x = l."""
+    from ctxlm import report
+
+    plotted = {}
+    monkeypatch.setattr(report, "_save_single", lambda fig, ax, *args: plotted.update(
+        {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}))
+    ranks = {f"layer_{l}": float(l) for l in sorted(range(1, 13), key=str)}
+    report.plot_rank_by_layer({"layers-12": {0: {"context_dim": 1, "rank_by_layer": ranks}}}, tmp_path / "ranks.png")
+    [(xs, ys)] = plotted.values()
+    assert xs == list(range(1, 13)) and ys == [float(l) for l in range(1, 13)]

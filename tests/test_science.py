@@ -302,3 +302,68 @@ def test_a_non_finite_validation_loss_stops_with_a_clear_error():
                         measure_train=lambda: (1.0, 0.0))
     with pytest.raises(CtxlmError, match=r"toy: the validation loss became nan after epoch 1; lower phase2.lr"):
         train_epochs(model, task, Phase2Params(epochs=2, patience=1), torch.Generator(), None, "toy")
+
+
+def test_evaluate_reports_the_final_layer_s_effective_rank_and_each_layer_s_in_order(tmp_path, monkeypatch):
+    """3 layers: metrics/eval.json's effective_rank is that of the validation C*'s layer 3 (the final
+    layer, the one OACD acts on) and effective_rank_by_layer's layer_l that of layer l, each against
+    numpy's SVD of the rows evaluate samples, read straight from the shard files. Runs the stage."""
+    import json
+    import shutil
+
+    import yaml
+
+    from conftest import REPO
+    from ctxlm.model import ContextBlocks
+    from ctxlm.shards import save_embedding
+    from ctxlm.weights import CONTEXT_WEIGHTS, TOKEN_WEIGHTS, context_state, save_weights
+    from stages import evaluate
+
+    block = make_block(num_layers=3)
+    cfg = block.cfg
+    blocks = ContextBlocks(cfg, [block])
+    embedding = torch.randn(cfg.vocab_size, cfg.embed_dim)
+    tokens = tmp_path / "data/tokens"
+    tokens.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, lengths in (("train", [20]), ("val", [30, 25, 18]), ("test", [20, 15])):
+        save_tokens(tokens, split, rng.integers(0, cfg.vocab_size, sum(lengths)), np.cumsum([0, *lengths]))
+    save_embedding(tokens, embedding)
+    write_manifest(tokens, {split: {"predicted_bytes": 100, "predicted_chars": 100} for split in ("train", "val", "test")})
+    (tmp_path / "data/context").mkdir()
+    save_weights(tmp_path / "data/context", CONTEXT_WEIGHTS, context_state(blocks), cfg.to_metadata())
+    write_manifest(tmp_path / "data/context", {})
+    model = TokenModel(cfg, embedding, weight_tying=True, freeze_embedding=True)
+    (tmp_path / "data/token_model").mkdir()
+    save_weights(tmp_path / "data/token_model", TOKEN_WEIGHTS, model.state_dict(),
+                 {**cfg.to_metadata(), "weight_tying": "True", "freeze_embedding": "True"})
+    write_manifest(tmp_path / "data/token_model", {})
+    for split in ("val", "test"):
+        folder = tmp_path / "data/cstar" / split
+        folder.mkdir(parents=True)
+        write_manifest(folder, {"shards": generate_split(blocks, embedding, TokenSplit(tokens, split), folder, shard_tokens=20, desc=split)})
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/train_token.json").write_text(json.dumps({"train_ppl": 40.0, "best_epoch": 1, "epochs_run": 1}))
+    shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    evaluate.main(params_file=tmp_path / "params.yaml", debug=True)
+    metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
+
+    folder = tmp_path / "data/cstar/val"
+    cstar = np.concatenate([np.load(folder / s["file"]) for s in json.loads((folder / "manifest.json").read_text())["meta"]["shards"]])
+    assert cstar.shape == (73, 3, cfg.context_dim)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    chosen = np.sort(np.random.default_rng(params["seed"]).choice(len(cstar), size=min(params["evaluate"]["rank_rows"], len(cstar)), replace=False))
+
+    def numpy_rank(layer: int) -> float:
+        s = np.linalg.svd(cstar[chosen, layer].astype(np.float64), compute_uv=False)
+        p = s / s.sum()
+        return float(np.exp(-(p * np.log(p)).sum()))
+
+    expected = {f"layer_{l + 1}": numpy_rank(l) for l in range(3)}
+    assert min(abs(a - b) for a, b in [(expected["layer_1"], expected["layer_2"]), (expected["layer_2"], expected["layer_3"]),
+                                       (expected["layer_1"], expected["layer_3"])]) > 1e-3  # the layers are told apart
+    assert list(metrics["effective_rank_by_layer"]) == ["layer_1", "layer_2", "layer_3"]
+    assert metrics["effective_rank_by_layer"] == pytest.approx(expected, rel=1e-9)
+    assert metrics["effective_rank"] == pytest.approx(expected["layer_3"], rel=1e-9)
+    assert metrics["effective_rank_ratio"] == pytest.approx(expected["layer_3"] / cfg.context_dim, rel=1e-9)

@@ -340,6 +340,21 @@ def test_each_split_keeps_its_lowest_keys_of_the_region_until_its_budget(budgets
     assert {d["title"] for d in kept[-3:]} == {documents[sample.last[s]]["title"] for s in budgets}
 
 
+def test_tokenize_writes_a_split_in_key_order_and_cuts_the_document_of_highest_key():
+    """prepare writes a split's documents in reading order with its highest key last; tokenize keeps
+    the first `budget` tokens in that order (cutting that last one) and orders them by key: here the
+    documents of 3, 2 and 4 words with keys 20, 10 and 30, a budget of 7: [10: 2, 20: 3, 30: first 2]."""
+    from ctxlm.tokens import SplitTokenizer
+
+    tokenizer = load_tokenizer(resolve_model_dir("minilm"))
+    split = SplitTokenizer(tokenizer, budget=7)
+    split.add(["one two three", "four five"], [20, 10])
+    split.add(["six seven eight nine"], [30])
+    result = split.result()
+    assert result.offsets.tolist() == [0, 2, 5, 7]
+    assert tokenizer.decode(result.ids.tolist()) == "four five one two three six seven"
+
+
 def test_a_budget_larger_than_the_corpus_takes_every_document_once():
     documents = corpus_of(300)
     sample = sample_documents(iter(documents), SpaceTokenizer(), dict.fromkeys(["train", "val", "test"], 10**9), whole_groups_held_out=False)
