@@ -462,11 +462,13 @@ def sampling_change_section(before: dict) -> list[str]:
     labels = {"ctxlm": "ctxlm", **BASELINES}
     ppl = Metric("ppl", "", False)
     lines = ["### The sampling change", "",
-             f"Up to commit `{before['commit']}`, each split was {before['sampling']}. Now each split is a seeded "
+             f"Up to commit `{before['commit']}`, {before['sampling']}. Now each split is a seeded "
              "sample of whole documents from the whole corpus read (docs/corpora.md): the training split draws from every "
              "training play. The same validation and test plays; the figures of the committed runs (seed 0), before and now. "
              f"The other seeds' full-size runs ({', '.join(f'`{name}`' for name in before['superseded_runs'])}) were made "
-             "before the change and are left out of the intervals above until they are rerun.", "",
+             "before the change and are left out of the intervals above until they are rerun; the seed comparisons above and "
+             "the research's later comparisons below were also run before it, at reduced sizes whose training split was then "
+             "the first documents.", "",
              "| model | test PPL before | test PPL now | change | val PPL before | val PPL now | train PPL before | train PPL now |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, path in files.items():

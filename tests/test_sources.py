@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import random
@@ -456,3 +457,147 @@ def test_a_parquet_file_is_read_a_little_at_a_time(tmp_path, row_group_rows):
             held = max(held, pa.total_allocated_bytes() - before)
     assert count == rows and text.startswith(f"row {rows - 1} ")
     assert held < 10_000_000, held  # the file's text is 40 MB
+
+
+# ---- what a review by mutation found untested ----------------------------------------------------
+
+def test_the_largest_gap_is_the_largest_in_size_whatever_its_sign():
+    """Three groups: the split holds a 50%, b 45%, c 5% of its tokens, the region 40%, 30%, 30%:
+    c's gap (-25 points) is the largest, ahead of b's +15 and a's +10."""
+    from ctxlm.tokens import Sample
+
+    rows = [{"group": g, "documents": 1, "tokens": t, "share": t / 100, "region_share": r} for g, t, r in [("a", 50, 0.4), ("b", 45, 0.3), ("c", 5, 0.3)]]
+    sample = Sample(region=3, read_to_end=True, chosen={}, last={}, mix={"train": rows})
+    assert sample.gap("train") == (pytest.approx(0.25), "c")
+
+
+def test_a_split_whose_documents_fill_its_budget_exactly_takes_no_more():
+    """Train documents of 3 and 2 words (keys 1, 2) reach a budget of 5 exactly: the next one (key 3) is left out."""
+    documents = [{"split": "train", "group": "g", "title": str(k), "text": " ".join(["w"] * n), "key": k} for k, n in [(1, 3), (2, 2), (3, 4)]]
+    documents += [{"split": s, "group": "g", "title": s, "text": "w", "key": 9} for s in ("val", "test")]
+    sample = sample_documents(iter(documents), SpaceTokenizer(), {"train": 5, "val": 1, "test": 1}, whole_groups_held_out=False, chunk=1)
+    assert {i for i, (s, _) in sample.chosen.items() if s == "train"} == {0, 1} and sample.kept("train", "tokens") == 5
+
+
+def test_a_small_corpus_that_leaves_no_training_document_is_refused_before_reading_on():
+    """3 documents, 30% validation (ceil 0.9 = 1) and 60% test (ceil 1.8 = 2): none left for training."""
+    from ctxlm.sources import split_documents
+
+    with pytest.raises(CtxlmError, match="3 documents leave none for training after 1 validation and 2 test documents"):
+        next(split_documents((("g", str(i), f"doc {i}") for i in range(3)), 0.3, 0.6, seed=0))
+
+
+def test_blank_records_are_not_documents(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in ["one", "  ", "two", "\n\t", "three"]) + "\n")
+    assert sorted(load(path).text) == ["one", "three", "two"]
+
+
+def test_the_shuffle_buffer_holds_its_size_and_yields_every_item_once():
+    """A buffer of 3 over 0..29: the first item out is one of the first 3 in, for any seed; every item
+    comes out once; and each of the first 4 can leave early (a slot the draws never reach would hold
+    its item to the end)."""
+    from ctxlm.sources import shuffled
+
+    outs = [list(shuffled(range(30), random.Random(seed), size=3)) for seed in range(60)]
+    assert all(sorted(out) == list(range(30)) for out in outs)
+    assert {out[0] for out in outs} == {0, 1, 2}
+    assert all(min(out.index(item) for out in outs) < 10 for item in range(4))
+
+
+def numbered_rows(count: int) -> list[str]:
+    return [f"row {i} of the corpus" for i in range(count)]
+
+
+def row_of(text: str) -> int:
+    return int(text.split()[1])
+
+
+def first_rows_yielded(source: str, seed: int = 0, count: int = 100) -> list[int]:
+    return [row_of(text) for _, _, text in itertools.islice(source_documents(source, seed=seed), count)]
+
+
+@pytest.mark.parametrize("form", ["parquet row groups", "arrow file batches", "save_to_disk blocks", "folder of parquet files"])
+def test_a_seeded_reading_shuffles_the_parts_of_a_corpus_larger_than_the_buffer(tmp_path, form):
+    """3,000 numbered rows in parts of 100 (row groups, batches, 256-row blocks, files): read in order,
+    the buffer's first 100 documents all come from the first 1,100 rows; with the parts shuffled,
+    some come from further on. Every row is read once, titled with its own row number."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    texts = numbered_rows(3000)
+    table = pa.table({"text": texts})
+    if form == "parquet row groups":
+        pq.write_table(table, tmp_path / "c.parquet", row_group_size=100)
+        source = str(tmp_path / "c.parquet")
+    elif form == "arrow file batches":
+        with pa.ipc.new_file(tmp_path / "c.arrow", table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=100):
+                writer.write_batch(batch)
+        source = str(tmp_path / "c.arrow")
+    elif form == "save_to_disk blocks":
+        datasets.Dataset.from_dict({"text": texts}).save_to_disk(tmp_path / "saved")
+        source = str(tmp_path / "saved")
+    else:
+        (tmp_path / "parts").mkdir()
+        for part in range(30):
+            pq.write_table(table.slice(100 * part, 100), tmp_path / "parts" / f"part-{part:02d}.parquet")
+        source = str(tmp_path / "parts")
+    assert max(first_rows_yielded(source)) > 1100
+    documents = list(source_documents(source, seed=0))
+    assert sorted(row_of(text) for _, _, text in documents) == list(range(3000))
+    in_order = list(source_documents(source))
+    assert [text for _, _, text in in_order] == texts
+    def title(row: int) -> str:  # a file's own row number; a folder's files are parts of 100
+        return f"part-{row // 100:02d}.parquet#{row % 100}" if form == "folder of parquet files" else f"#{row}"
+
+    if form != "arrow file batches":  # (a seeded Arrow file names a row by its batch: #<batch>:<row>)
+        assert all(t.endswith(title(row_of(text))) for _, t, text in documents)
+    assert all(t.endswith(title(row_of(text))) for _, t, text in in_order)
+
+
+def test_the_plays_are_read_in_a_seeded_order():
+    params = DataParams()
+    orders = [list(dict.fromkeys(d["group"] for d in iter_documents(params, seed))) for seed in (0, 0, 1)]
+    assert orders[0] == orders[1] and orders[0] != orders[2] and orders[0] != sorted(orders[0])
+
+
+def test_prepare_writes_each_splits_sample_and_its_figures(tmp_path, monkeypatch):
+    """The stage end to end on 8,000 documents of 1 to 40 words in two Parquet files (groups):
+    documents.parquet holds exactly each split's sample (the reference rule over the same reading,
+    by the tokenizer's counts; more rows than write_documents' batch of 2,048), its tokens and
+    documents are the metrics', and the mix of a source that is not Shakespeare compares each split
+    with the whole region (each file's share of all the tokens read)."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from conftest import REPO, write_params
+    from stages import prepare
+
+    rng = random.Random(1)
+    texts = [f"doc {i} " + " ".join(["word"] * rng.randint(1, 40)) for i in range(8000)]
+    (tmp_path / "parts").mkdir()
+    for part, rows in (("a", texts[:5000]), ("b", texts[5000:])):
+        pq.write_table(pa.table({"text": rows}), tmp_path / "parts" / f"{part}.parquet")
+    budgets = {"max_train_tokens": 20_000, "max_val_tokens": 10**6, "max_test_tokens": 10**6}
+    write_params(tmp_path, {"data": {"source": str(tmp_path / "parts"), **budgets}}, base=REPO)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(prepare.app, [])
+    assert result.exit_code == 0, result.output
+    written = pd.read_parquet(tmp_path / "data/corpus/documents.parquet")
+    metrics = json.loads((tmp_path / "metrics/prepare.json").read_text())
+
+    params = DataParams(source=str(tmp_path / "parts"), **budgets)
+    documents = list(iter_documents(params, seed=0))
+    tokenizer = load_tokenizer(resolve_model_dir("minilm"))
+    lengths = [len(ids) for ids in tokenizer([d["text"] for d in documents], add_special_tokens=False)["input_ids"]]
+    region, chosen = reference_sample([d | {"text": " ".join(["w"] * n)} for d, n in zip(documents, lengths)], params.token_budgets)
+    assert region == len(documents) == metrics["region_documents"] == 8000 and metrics["read_to_end"]
+    assert sorted(zip(written.split, written.text)) == sorted((documents[i]["split"], documents[i]["text"]) for i in chosen)
+    assert len(written) > 2048
+    for split, budget in params.token_budgets.items():
+        total = sum(lengths[i] for i, s in chosen.items() if s == split)
+        assert metrics[f"{split}_tokens"] == min(total, budget) and metrics[f"{split}_documents"] == (written.split == split).sum()
+    file_a = sum(n for d, n in zip(documents, lengths) if d["group"] == "a.parquet") / sum(lengths)
+    for split in ("train", "val", "test"):
+        assert {row["group"]: row["region_share"] for row in metrics["mix"][split]} == pytest.approx({"a.parquet": file_a, "b.parquet": 1 - file_a})
