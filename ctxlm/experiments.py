@@ -19,6 +19,7 @@ trigram and the LSTM at several training sizes, as experiments `scale-<model>-n<
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -338,8 +339,9 @@ def training_tokens(params, up_to: int) -> int:
 
 def run_scaling(models: list[str], sizes: list[int], overrides: list[str], dry_run: bool = False) -> None:
     """Check the sizes against the corpus, then run every (size, model) experiment that has not
-    already finished in this branch's history with the same params (`ctxlm scaling` resumes a set
-    that a session's end cut short, and reruns a point whose params have changed since)."""
+    already finished with the same params and the pipelines' present code, in this branch's
+    experiments or among the runs collected in SCALING_RESULTS (`ctxlm scaling` resumes a set that a
+    session's end cut short, even from a fresh clone, and reruns a point whose params or code changed)."""
     unknown = [m for m in models if m not in SCALING_MODELS]
     if unknown or not models:
         raise CtxlmError(f"--model {', '.join(unknown) or '(none)'}: one of {', '.join(SCALING_MODELS)}")
@@ -354,16 +356,42 @@ def run_scaling(models: list[str], sizes: list[int], overrides: list[str], dry_r
                          f"'{params.data.source}' holds {available:,} tokens ({params.embedding.model}'s tokenizer); "
                          f"the largest size must be at most {available:,}")
     newest = {name: commit for commit, name in reversed(experiment_refs())}  # name -> the baseline commit of its newest run
+    collected = json.loads(SCALING_RESULTS.read_text()) if SCALING_RESULTS.is_file() else {}  # committed by earlier sessions
     todo = []
     for command in scaling_commands(models, sizes, switches):
         name = command[command.index("-n") + 1]
         model, size = parse_scaling_name(name)
         expected = params_with(scaling_switches(model, size, switches)).model_dump()
-        if name not in newest or experiment_params(newest[name], name) != expected:
+        in_refs = name in newest and experiment_params(newest[name], name) == expected and same_code(newest[name])
+        run = collected.get(name, {})
+        in_collected = run.get("params") == expected and same_code(run.get("commit", ""))
+        if not (in_refs or in_collected):
             todo.append(command)
     print(f"ctxlm scaling: {len(sizes) * len(models) - len(todo)} of {len(sizes) * len(models)} runs already finished with these "
-          f"params in this branch's history; {len(todo)} to run", flush=True)
+          f"params and the pipelines' present code (in this branch's experiments or {SCALING_RESULTS}); {len(todo)} to run", flush=True)
     run_commands(todo, dry_run, SCALING_PREFIX)
+
+
+PIPELINES = (Path("dvc.yaml"), Path("baselines/dvc.yaml"))
+
+
+def pipeline_code() -> list[str]:
+    """The files the pipelines' stages run: both dvc.yaml files and every dependency they list outside data/ and metrics/."""
+    import yaml
+
+    paths = {path.as_posix() for path in PIPELINES}
+    for pipeline in (path for path in PIPELINES if path.is_file()):
+        for stage in yaml.safe_load(pipeline.read_text())["stages"].values():
+            paths.update(dep for dep in stage.get("do", stage).get("deps", []) if not dep.startswith(("data/", "metrics/")))
+    return sorted(paths)
+
+
+def same_code(commit: str) -> bool:
+    """Whether a run made from `commit` ran HEAD's pipelines: none of their code changed since (a run
+    of older code, a different sampling of the corpus say, is not finished work)."""
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return False
+    return subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *pipeline_code()], capture_output=True).returncode == 0
 
 
 def experiment_params(commit: str, name: str) -> dict | None:

@@ -31,7 +31,8 @@ from ctxlm.errors import CtxlmError  # noqa: E402
 from ctxlm.scaling import PowerLawFit, crossings, fit_power_law  # noqa: E402
 from ctxlm.experiments import (  # noqa: E402
     COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
-    SEED_FAMILY, Comparison, Family, Metric, experiment_refs, git, parse_experiment_name, parse_full_size_name, parse_scaling_name,
+    SEED_FAMILY, Comparison, Family, Metric, experiment_params, experiment_refs, git, parse_experiment_name, parse_full_size_name, parse_scaling_name,
+    same_code,
 )
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
@@ -143,13 +144,17 @@ def collect_full_size(out: Path = FULL_SIZE_RESULTS) -> int:
 
 def collect_scaling(out: Path = SCALING_RESULTS) -> int:
     """Write the finished scaling runs (`ctxlm scaling`) of every commit of HEAD's history to `out`,
-    the newest run of each name: model, asked size, the training tokens it had, its figures and the
-    seconds of its pipeline's stages (a stage another run made too, restored from DVC's run cache,
-    counts in both). Like the full-size runs, they may come from several commits (the set takes hours)."""
-    runs = {}
+    the newest run of each name: model, asked size, its params, the training tokens it had, its
+    figures and the seconds of its pipeline's stages (a stage another run made too, restored from
+    DVC's run cache, counts in both). Like the full-size runs, they may come from several commits and
+    sessions (the set takes hours): the runs `out` already holds are kept while the pipelines' code is
+    unchanged since theirs (a fresh clone has no experiment refs), and dropped once it changed."""
+    earlier = json.loads(out.read_text()) if out.is_file() else {}
+    runs = {name: run for name, run in earlier.items() if same_code(run.get("commit", ""))}  # runs of earlier sessions, still valid
     for name, run in _newest_runs(parse_scaling_name, lambda model: SCALING_MODELS[model].metrics).items():
         tokenized = run["all_metrics"].get("metrics/tokenize.json", {})
         runs[name] = {"model": run["parsed"][0], "size": run["parsed"][1], "rev": run["rev"], "commit": run["commit"],
+                      "params": experiment_params(run["commit"], name),
                       "train_tokens": tokenized.get("train_tokens", run["parsed"][1]),
                       "metrics": {key: run["metrics"][key] for key in SCALING_FIGURES if key in run["metrics"]},
                       "seconds": round(sum(run["all_metrics"].get(path, {}).get("seconds", 0.0) for path in SCALING_MODELS[run["parsed"][0]].timed), 1)}

@@ -72,6 +72,39 @@ def test_runs_finished_with_the_same_params_are_skipped(project, capsys):
     assert scaling_name("ctxlm", 2000) not in printed and scaling_name("ctxlm", 3000) in printed
 
 
+def test_a_run_of_older_pipeline_code_is_not_finished_work_and_collected_runs_resume_a_set(project, capsys):
+    """A finished run (a ref, as DVC keeps it) whose baseline commit ran other code of a stage listed
+    in dvc.yaml is run again; one recorded in the committed docs/results/scaling.json with the same
+    params and the present code is skipped, refs or not (a fresh clone has none)."""
+    from ctxlm.experiments import SCALING_RESULTS, params_with, scaling_switches
+
+    (project / "stages").mkdir()
+    (project / "stages/prepare.py").write_text("# version 1\n")
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"prepare": {"cmd": "python -m stages.prepare",
+                                                                             "deps": ["stages/prepare.py", "data/raw"]}}}))
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-q", "-m", "a pipeline", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
+    first = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    switches = {"data.max_val_tokens": "20000"}
+    expected = {n: params_with(scaling_switches("ctxlm", n, switches)).model_dump() for n in (1000, 2000)}
+    SCALING_RESULTS.parent.mkdir(parents=True)
+    SCALING_RESULTS.write_text(json.dumps({scaling_name("ctxlm", n): {"commit": first, "params": expected[n]} for n in (1000, 2000)}))
+    run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
+    assert "2 of 4 runs already finished" in capsys.readouterr().out  # from the collected runs alone
+
+    (project / "stages/prepare.py").write_text("# version 2: another sampling\n")
+    sh(project, "git", "commit", "-q", "-am", "new code", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
+    run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
+    assert "0 of 4 runs already finished" in capsys.readouterr().out
+    (project / "notes.md").write_text("not pipeline code")
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-q", "-m", "notes", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
+    second = subprocess.run(["git", "rev-parse", "HEAD~1"], capture_output=True, text=True, check=True).stdout.strip()
+    SCALING_RESULTS.write_text(json.dumps({scaling_name("ctxlm", 1000): {"commit": second, "params": expected[1000]}}))
+    run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
+    assert "1 of 4 runs already finished" in capsys.readouterr().out  # a change outside the pipelines' code keeps it
+
+
 def known_runs(curves: dict[str, tuple[float, float, float]], sizes) -> dict[str, dict]:
     """Collected runs whose test PPL lies exactly on E + A n^-alpha for each model."""
     return {scaling_name(model, n): {"model": model, "size": n, "train_tokens": n, "commit": "c" * 40, "rev": "r", "seconds": 10.0,
