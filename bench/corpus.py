@@ -8,7 +8,7 @@ to 2,000 characters: about 1.9 KB a document) is written in each form: a gzip-co
 (blank lines between documents), gzip-compressed JSON lines, a Parquet file of one row group, and an
 Arrow IPC stream. For each form `prepare` runs twice as a subprocess, alone: with the default token
 budgets (the baseline), then with budgets no corpus fills, so that it reads every document. Printed
-per form and run: the documents read, the wall time and the peak RSS (from the kernel); then the
+per form and run: the documents read (and those kept), the wall time and the peak RSS (from the kernel); then the
 ratios whole/budgeted. Streaming means the peak RSS ratio stays near 1 while the documents read grow
 by two orders of magnitude.
 """
@@ -75,7 +75,8 @@ def run_prepare(folder: Path, source: Path, budget: int | None) -> dict:
     rss, seconds = run_stage(folder, "prepare")
     counts = json.loads((folder / "metrics/prepare.json").read_text())
     shutil.rmtree(folder / "data")
-    return {"documents": sum(counts[f"{split}_documents"] for split in ("train", "val", "test")), "seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1)}
+    return {"documents": counts["region_documents"], "kept": sum(counts[f"{split}_documents"] for split in ("train", "val", "test")),
+            "seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1)}
 
 
 @app.command()
@@ -104,7 +105,8 @@ def main(documents: int = 100_000, forms: str = ",".join(FORMS)) -> None:
                          "rss_ratio": round(whole["peak_rss_mb"] / budgeted["peak_rss_mb"], 3)}
         for run in ("budgeted", "whole"):
             r = results[form][run]
-            print(f"{form:<9} {size_mb:7,.0f} MB file, {run:<8}: {r['documents']:>9,} documents  {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:6,.0f} MB", flush=True)
+            print(f"{form:<9} {size_mb:7,.0f} MB file, {run:<8}: {r['documents']:>9,} documents read, {r['kept']:>9,} kept  {r['seconds']:7.1f} s  "
+                  f"peak RSS {r['peak_rss_mb']:6,.0f} MB", flush=True)
     print(f"\n{documents:,} documents of ~1.9 KB; the default budgets (250k/100k/100k tokens) are the baseline")
     print(f"{'form':<10}{'documents read':>16}{'time':>9}{'peak RSS':>10}   (whole corpus / budgeted)")
     for form, r in results.items():

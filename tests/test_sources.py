@@ -330,7 +330,7 @@ def test_each_split_keeps_its_lowest_keys_of_the_region_until_its_budget(budgets
     documents = corpus_of(2000)
     region, chosen = reference_sample(documents, budgets)
     sample = sample_documents(iter(documents), SpaceTokenizer(), budgets, whole_groups_held_out=False, chunk=1)
-    assert (sample.region, {i: s for i, (s, _) in sample.chosen.items()}) == (region, chosen)
+    assert (sample.region, sample.chosen_splits()) == (region, chosen)
     assert sample.read_to_end == (region == len(documents))
     for split, budget in budgets.items():
         total = sum(words(documents[i]) for i, s in chosen.items() if s == split)
@@ -413,7 +413,7 @@ def test_two_books_sorted_by_name_give_every_split_each_books_share(tmp_path):
         lengths = [len(ids) for ids in tokenizer([d["text"] for d in region], add_special_tokens=False)["input_ids"]]
         region_share = sum(n for d, n in zip(region, lengths) if d["group"].startswith("scenes")) / sum(lengths)
         for split in ("train", "val", "test"):
-            picked = [(region[i], lengths[i]) for i, (s, _) in sample.chosen.items() if s == split]
+            picked = [(region[i], lengths[i]) for i, s in sample.chosen_splits().items() if s == split]
             share = sum(n for d, n in picked if d["group"].startswith("scenes")) / sum(n for _, n in picked)
             assert abs(share - region_share) < 0.10, (name, split, share, region_share)
             mixes.append(share)
@@ -467,7 +467,8 @@ def test_the_largest_gap_is_the_largest_in_size_whatever_its_sign():
     from ctxlm.tokens import Sample
 
     rows = [{"group": g, "documents": 1, "tokens": t, "share": t / 100, "region_share": r} for g, t, r in [("a", 50, 0.4), ("b", 45, 0.3), ("c", 5, 0.3)]]
-    sample = Sample(region=3, read_to_end=True, chosen={}, last={}, mix={"train": rows})
+    sample = Sample(region=0, read_to_end=True, splits=["train"], split_of=np.zeros(0, np.int8), keys=np.zeros(0, np.uint64),
+                    chosen=np.zeros(0, bool), last={}, mix={"train": rows})
     assert sample.gap("train") == (pytest.approx(0.25), "c")
 
 
@@ -476,7 +477,7 @@ def test_a_split_whose_documents_fill_its_budget_exactly_takes_no_more():
     documents = [{"split": "train", "group": "g", "title": str(k), "text": " ".join(["w"] * n), "key": k} for k, n in [(1, 3), (2, 2), (3, 4)]]
     documents += [{"split": s, "group": "g", "title": s, "text": "w", "key": 9} for s in ("val", "test")]
     sample = sample_documents(iter(documents), SpaceTokenizer(), {"train": 5, "val": 1, "test": 1}, whole_groups_held_out=False, chunk=1)
-    assert {i for i, (s, _) in sample.chosen.items() if s == "train"} == {0, 1} and sample.kept("train", "tokens") == 5
+    assert {i for i, s in sample.chosen_splits().items() if s == "train"} == {0, 1} and sample.kept("train", "tokens") == 5
 
 
 def test_a_small_corpus_that_leaves_no_training_document_is_refused_before_reading_on():
@@ -601,3 +602,15 @@ def test_prepare_writes_each_splits_sample_and_its_figures(tmp_path, monkeypatch
     file_a = sum(n for d, n in zip(documents, lengths) if d["group"] == "a.parquet") / sum(lengths)
     for split in ("train", "val", "test"):
         assert {row["group"]: row["region_share"] for row in metrics["mix"][split]} == pytest.approx({"a.parquet": file_a, "b.parquet": 1 - file_a})
+
+
+def test_smaller_training_budgets_take_nested_samples_when_the_whole_corpus_is_read():
+    """The scaling sizes: with the held-out budgets unfilled, every size reads the whole corpus, so
+    each size's training documents are among the next size's."""
+    documents = corpus_of(2000)
+    chosen = []
+    for budget in (500, 1000, 2000, 4000):
+        sample = sample_documents(iter(documents), SpaceTokenizer(), {"train": budget, "val": 10**9, "test": 10**9}, whole_groups_held_out=False)
+        assert sample.read_to_end
+        chosen.append({i for i, s in sample.chosen_splits().items() if s == "train"})
+    assert all(a < b for a, b in zip(chosen, chosen[1:]))
