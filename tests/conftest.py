@@ -76,9 +76,7 @@ TINY = {
     "data": {"max_train_tokens": 3000, "max_val_tokens": 1200},
     "model": {"context_dim": 16},
     "phase1": {"max_iterations": 3, "batch_tokens": 1000},
-    # fp32: the figures these tests compare (1 process against 2, resumed against uninterrupted) must not depend on
-    # whether the machine has native bf16 (`auto` picks bf16 on AMX CPUs, where 2 processes differed by 1.9e-4)
-    "phase2": {"epochs": 2, "patience": 1, "batch_size": 256, "precision": "fp32"},
+    "phase2": {"epochs": 2, "patience": 1, "batch_size": 256},
     "evaluate": {"rank_rows": 500},
     "baselines": {"seq_len": 32, "transformer_layers": 1},
 }
