@@ -357,14 +357,15 @@ def run_scaling(models: list[str], sizes: list[int], overrides: list[str], dry_r
                          f"the largest size must be at most {available:,}")
     newest = {name: commit for commit, name in reversed(experiment_refs())}  # name -> the baseline commit of its newest run
     collected = json.loads(SCALING_RESULTS.read_text()) if SCALING_RESULTS.is_file() else {}  # committed by earlier sessions
+    code = pipeline_code()
     todo = []
     for command in scaling_commands(models, sizes, switches):
         name = command[command.index("-n") + 1]
         model, size = parse_scaling_name(name)
         expected = params_with(scaling_switches(model, size, switches)).model_dump()
-        in_refs = name in newest and experiment_params(newest[name], name) == expected and same_code(newest[name])
+        in_refs = name in newest and experiment_params(newest[name], name) == expected and same_code(newest[name], code)
         run = collected.get(name, {})
-        in_collected = run.get("params") == expected and same_code(run.get("commit", ""))
+        in_collected = run.get("params") == expected and same_code(run.get("commit", ""), code)
         if not (in_refs or in_collected):
             todo.append(command)
     print(f"ctxlm scaling: {len(sizes) * len(models) - len(todo)} of {len(sizes) * len(models)} runs already finished with these "
@@ -386,12 +387,12 @@ def pipeline_code() -> list[str]:
     return sorted(paths)
 
 
-def same_code(commit: str) -> bool:
-    """Whether a run made from `commit` ran HEAD's pipelines: none of their code changed since (a run
-    of older code, a different sampling of the corpus say, is not finished work)."""
+def same_code(commit: str, code: list[str]) -> bool:
+    """Whether a run made from `commit` ran HEAD's pipelines: none of their `code` (pipeline_code())
+    changed since (a run of older code, a different sampling of the corpus say, is not finished work)."""
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         return False
-    return subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *pipeline_code()], capture_output=True).returncode == 0
+    return subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *code], capture_output=True).returncode == 0
 
 
 def experiment_params(commit: str, name: str) -> dict | None:

@@ -32,7 +32,7 @@ from ctxlm.scaling import PowerLawFit, crossings, fit_power_law  # noqa: E402
 from ctxlm.experiments import (  # noqa: E402
     COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
     SEED_FAMILY, Comparison, Family, Metric, experiment_params, experiment_refs, git, parse_experiment_name, parse_full_size_name, parse_scaling_name,
-    same_code,
+    pipeline_code, same_code,
 )
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
@@ -150,7 +150,8 @@ def collect_scaling(out: Path = SCALING_RESULTS) -> int:
     sessions (the set takes hours): the runs `out` already holds are kept while the pipelines' code is
     unchanged since theirs (a fresh clone has no experiment refs), and dropped once it changed."""
     earlier = json.loads(out.read_text()) if out.is_file() else {}
-    runs = {name: run for name, run in earlier.items() if same_code(run.get("commit", ""))}  # runs of earlier sessions, still valid
+    code = pipeline_code()
+    runs = {name: run for name, run in earlier.items() if same_code(run.get("commit", ""), code)}  # runs of earlier sessions, still valid
     for name, run in _newest_runs(parse_scaling_name, lambda model: SCALING_MODELS[model].metrics).items():
         tokenized = run["all_metrics"].get("metrics/tokenize.json", {})
         runs[name] = {"model": run["parsed"][0], "size": run["parsed"][1], "rev": run["rev"], "commit": run["commit"],
