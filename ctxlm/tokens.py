@@ -98,8 +98,17 @@ class Sample:
 
     def gap(self, split: str) -> tuple[float, str]:
         """The largest difference between a group's share of the split and of its region, and the group."""
-        row = max(self.mix[split], key=lambda row: abs(row["share"] - row["region_share"]))
-        return abs(row["share"] - row["region_share"]), row["group"]
+        row = max(self.mix[split], key=share_gap)
+        return share_gap(row), row["group"]
+
+    def off_mix(self, split: str) -> list[dict]:
+        """The split's groups whose share differs from their region share by more than MIX_TOLERANCE."""
+        return [row for row in self.mix[split] if share_gap(row) > MIX_TOLERANCE]
+
+
+def share_gap(row: dict) -> float:
+    """How far a group's share of a split is from its share of the region (a mix row)."""
+    return abs(row["share"] - row["region_share"])
 
 
 def sample_documents(documents: Iterable[dict], tokenizer, budgets: dict[str, int], whole_groups_held_out: bool,
@@ -135,7 +144,7 @@ def sample_documents(documents: Iterable[dict], tokenizer, budgets: dict[str, in
         if not read_to_end:
             read_to_end = next(documents, None) is None
 
-    split_of, keys, tokens, group_of = (np.frombuffer(a, dtype=a.typecode) if len(a) else np.zeros(0, a.typecode) for a in (split_of, keys, tokens, group_of))
+    split_of, keys, tokens, group_of = (np.array(a, dtype=a.typecode) for a in (split_of, keys, tokens, group_of))
     kept_tokens = np.zeros_like(tokens)
     chosen, last = np.zeros(len(split_of), dtype=bool), {}
     for code, split in enumerate(splits):

@@ -32,7 +32,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             gap, group = sample.gap(split)
             print(f"prepare: {split}: {counts[split]} documents, {sample.kept(split, 'tokens'):,} tokens from {len(sample.mix[split])} group(s); "
                   f"largest gap to the region's mix {gap:.1%} ({group})")
-            off = [row for row in sample.mix[split] if abs(row["share"] - row["region_share"]) > MIX_TOLERANCE]
+            off = sample.off_mix(split)
             if off:
                 print(f"prepare: warning: the {split} split's mix differs from the region it was drawn from by more than {MIX_TOLERANCE:.0%}: "
                       + ", ".join(f"{row['group']} {row['share']:.1%} of the split, {row['region_share']:.1%} of the region" for row in off))

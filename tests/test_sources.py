@@ -470,6 +470,7 @@ def test_the_largest_gap_is_the_largest_in_size_whatever_its_sign():
     sample = Sample(region=0, read_to_end=True, splits=["train"], split_of=np.zeros(0, np.int8), keys=np.zeros(0, np.uint64),
                     chosen=np.zeros(0, bool), last={}, mix={"train": rows})
     assert sample.gap("train") == (pytest.approx(0.25), "c")
+    assert [row["group"] for row in sample.off_mix("train")] == ["b", "c"]  # more than 10 points off; a is 10 points off (0.5 - 0.4)
 
 
 def test_a_split_whose_documents_fill_its_budget_exactly_takes_no_more():
