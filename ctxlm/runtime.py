@@ -19,6 +19,19 @@ from ctxlm import distributed
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 
 
+def settle_vector_math() -> None:
+    """Make torch's first MKL vector-math call (exp, log, tanh, ...) on this thread alone.
+
+    MKL chooses its vector-math code path on first use. When that first use is a large elementwise
+    op, torch's threads each call MKL on their share at once, and they race: in about 1 process in 8
+    on an AMX Xeon, one thread's half of an exp came out of another path (relative error 1e-5), so
+    the same seed and params gave test PPLs 5e-8 apart. One tiny call, here at import, settles it."""
+    torch.log(torch.ones(1))
+
+
+settle_vector_math()
+
+
 def release_free_memory() -> None:
     """Give the heap's free pages back to the OS (glibc's malloc_trim; elsewhere a no-op).
 
