@@ -162,17 +162,27 @@ def generate_ids(stepper: Stepper, prompt: list[int], max_tokens: int, sampling:
             state, logits = stepper.read(state, token)
 
 
+# A later token can still change this many characters at the end of a decoded text: a byte-level
+# BPE shows a character split over two tokens as U+FFFD until its second byte comes, and cleaning up
+# tokenization spaces rewrites patterns of up to 4 characters (" n't"). Earlier text is final.
+UNSETTLED_CHARS = 4
+
+
 def stream_text(tokenizer, prompt: list[int], ids: Iterator[int]) -> Iterator[str]:
-    """The decoded continuation of `prompt` piece by piece as `ids` come (subword tokens join up,
-    so each piece is what the whole decoded text gained)."""
-    shown = tokenizer.decode(prompt)
-    sequence = list(prompt)
+    """The decoded continuation of `prompt` piece by piece as `ids` come: joined, the pieces are
+    decode(prompt + ids) after decode(prompt). The last UNSETTLED_CHARS characters wait for the next
+    token (or the end), so no piece is ever taken back."""
+    start = len(tokenizer.decode(prompt))
+    sequence, shown = list(prompt), start  # shown: the characters of the whole text yielded so far
+    text = ""
     for token in ids:
         sequence.append(token)
         text = tokenizer.decode(sequence)
-        if text.startswith(shown) and len(text) > len(shown):
-            yield text[len(shown) :]
-            shown = text
+        if len(text) - UNSETTLED_CHARS > shown:
+            yield text[shown : len(text) - UNSETTLED_CHARS]
+            shown = len(text) - UNSETTLED_CHARS
+    if len(text) > shown:
+        yield text[shown:]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from conftest import make_block
 from ctxlm.baselines import build_baseline
 from ctxlm.cstar import cstar_into, naive_cstar
 from ctxlm.errors import CtxlmError
-from ctxlm.inference import PAD, CtxlmStepper, LSTMStepper, Sampling, TransformerStepper, generate_ids, next_token, score_tokens
+from ctxlm.inference import PAD, CtxlmStepper, LSTMStepper, Sampling, TransformerStepper, generate_ids, next_token, score_tokens, stream_text
 from ctxlm.model import TokenModel, input_features, token_windows
 from ctxlm.tokens import TokenizedSplit
 
@@ -162,6 +162,37 @@ def test_a_text_of_single_token_documents_has_nothing_to_score():
     with pytest.raises(CtxlmError, match="no token to predict"):
         score_tokens(block, model, tokens)
 
+
+
+
+def byte_level_tokenizer():
+    """A real byte-level BPE (GPT-2's kind), trained here on ASCII text: an accented character is two
+    byte tokens, shown as U+FFFD until the second comes."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["to be, or not to be"] * 10, vocab_size=270, min_frequency=1, show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+
+
+def minilm_tokenizer():
+    from ctxlm.embedding import load_tokenizer, resolve_model_dir
+
+    return load_tokenizer(resolve_model_dir("minilm"))
+
+
+@pytest.mark.parametrize("make_tokenizer, continuation", [
+    (minilm_tokenizer, " it ' s a playing test , isn ' t it ? i ' ll go ."),  # WordPiece: "##" joins, " ," cleaned up
+    (byte_level_tokenizer, " or not, café crème to be"),  # é and è split over two tokens each
+])
+def test_the_streamed_pieces_join_to_the_decoded_continuation(make_tokenizer, continuation):
+    tokenizer = make_tokenizer()
+    prompt, ids = tokenizer.encode("to be", add_special_tokens=False), tokenizer.encode(continuation, add_special_tokens=False)
+    pieces = list(stream_text(tokenizer, prompt, iter(ids)))
+    whole = tokenizer.decode(prompt + ids)
+    assert "".join(pieces) == whole[len(tokenizer.decode(prompt)) :]
+    assert len(pieces) > len(ids) // 2 and all(pieces)  # it streams: a piece for most tokens, none empty
 
 
 # ---- the workspace's model, exported and loaded back ------------------------------------------------
