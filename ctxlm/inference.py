@@ -16,7 +16,6 @@ the first token is then read from the zero context, as every document starts in 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -242,15 +241,17 @@ def score_tokens(block: ContextBlock | ContextBlocks, model: TokenModel, tokens:
 def text_to_documents(source: str, one_document: bool = False) -> list[str]:
     """`ctxlm score`'s input -> documents, cut as `data.source` cuts a corpus (ctxlm.sources: a text
     file at blank lines, a record file a record each, a folder a file each, ...); '-' reads standard
-    input, cut at blank lines; or, with `one_document`, the whole text as one."""
+    input as a .txt file; with `one_document`, the documents joined by blank lines, as one."""
     import sys
+    import tempfile
     from pathlib import Path
 
     from ctxlm.sources import HF_PREFIX, source_documents
 
-    if source == "-":
-        text = sys.stdin.read()
-        return [text] if one_document else re.split(r"\n\s*\n", text)
+    if source == "-":  # through a .txt file, so that ctxlm.sources alone decides where documents end
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "stdin.txt").write_text(sys.stdin.read(), encoding="utf-8")
+            return text_to_documents(str(Path(folder) / "stdin.txt"), one_document)
     if not source.startswith(HF_PREFIX) and not Path(source).exists():
         raise CtxlmError(f"{source}: no such file or folder")
     documents = [text for _, _, text in source_documents(source)]

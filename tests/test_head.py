@@ -67,3 +67,22 @@ def test_a_trained_head_is_cast_every_step():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+def test_a_scaled_loss_scales_every_gradient_as_torch_cross_entropy_does():
+    """Several processes scale the loss before backward; here by 0.37 and then by -2 (a sum of two
+    uses of the same loss): the gradients of hidden, weight and bias against F.cross_entropy's."""
+    g = torch.Generator().manual_seed(5)
+    hidden, weight, bias = (torch.randn(*shape, generator=g, dtype=torch.float64).float().requires_grad_()
+                            for shape in ((7, 6), (11, 6), (11,)))
+    targets = torch.randint(0, 11, (7,), generator=g)
+    grads = []
+    for loss_of in (lambda: head_loss(hidden, weight, bias, targets, "fp32", chunk=3),
+                    lambda: F.cross_entropy(F.linear(hidden, weight, bias), targets)):
+        loss = loss_of()
+        (0.37 * loss - 2.0 * loss.detach() * loss).backward()
+        grads.append([t.grad.clone() for t in (hidden, weight, bias)])
+        for t in (hidden, weight, bias):
+            t.grad = None
+    for ours, reference in zip(*grads):
+        assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-7)

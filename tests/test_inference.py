@@ -264,8 +264,11 @@ def test_an_export_loads_without_the_workspace_and_gives_the_same_text(workspace
         __import__("shutil").rmtree(workspace / data)
     exported_text = run_cli("generate", "to be or not", "--max-tokens", "12", "--seed", "3", "--model", str(exported))
     assert exported_text.exit_code == 0 and exported_text.stdout == workspace_text.stdout
-    assert exported_text.stdout.startswith("to be or not") and len(exported_text.stdout) > len("to be or not\n")
     loaded = load_export(exported)
+    prompt = loaded.tokenizer("to be or not", add_special_tokens=False)["input_ids"]
+    ids = list(generate_ids(loaded.stepper, prompt, 12, Sampling(1.0, 0, 1.0, False), 3))
+    continuation = loaded.tokenizer.decode(prompt + ids)[len(loaded.tokenizer.decode(prompt)) :]
+    assert len(ids) == 12 and continuation.strip() and exported_text.stdout == "to be or not" + continuation + "\n"
     assert loaded.token_model.head is not None and loaded.block.cfg.num_input_tokens == 2  # untied, k = 2: as saved
     with pytest.raises(CtxlmError, match="no trained workspace here"):
         load_model("ctxlm")
@@ -275,15 +278,30 @@ def test_an_export_loads_without_the_workspace_and_gives_the_same_text(workspace
     ("missing", "no such model folder"),
     ("pickle", "holds pickle-based weights (context_block.bin); ctxlm loads only safetensors and JSON"),
     ("truncated", "context_block.safetensors: not a readable safetensors file"),
+    ("format", "config.json: not a ctxlm export (format 'something-else', expected"),
+    ("bad json", "config.json: not valid JSON"),
+    ("no weights", "token_model.safetensors is missing; export the model again"),
+    ("no embedding", "embedding.safetensors: holds no 'embedding' tensor"),
 ])
 def test_a_bad_model_folder_gives_one_error_line(workspace, damage, message):
+    from safetensors.torch import save_file
+
     assert run_cli("export", "exported").exit_code == 0
     folder = workspace / "exported"
+    config = json.loads((folder / "config.json").read_text())
     if damage == "missing":
         folder = workspace / "no-such-folder"
     elif damage == "pickle":
         (folder / "context_block.safetensors").unlink()
         torch.save({"w": torch.zeros(2)}, folder / "context_block.bin")
+    elif damage == "format":
+        (folder / "config.json").write_text(json.dumps({**config, "format": "something-else"}))
+    elif damage == "bad json":
+        (folder / "config.json").write_text("{")
+    elif damage == "no weights":
+        (folder / "token_model.safetensors").unlink()
+    elif damage == "no embedding":
+        save_file({"weights": torch.zeros(2, 2)}, folder / "embedding.safetensors")
     else:
         data = (folder / "context_block.safetensors").read_bytes()
         (folder / "context_block.safetensors").write_bytes(data[: len(data) // 2])
@@ -291,6 +309,23 @@ def test_a_bad_model_folder_gives_one_error_line(workspace, damage, message):
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ctxlm generate: error: ") and message in lines[0]
+
+
+
+def test_an_export_records_the_params_dvc_lock_says_the_model_was_trained_with(workspace):
+    """params.yaml may have changed since `dvc repro`: the lock's params are those of the weights."""
+    import yaml
+
+    lock = {"schema": "2.0", "stages": {
+        "prepare": {"cmd": "x", "params": {"params.yaml": {"seed": 7, "data": {"source": "plays.txt"}}}},
+        "train_context": {"cmd": "x", "params": {"params.yaml": {"seed": 7, "model": {"context_dim": 12}}}},
+        "train_token": {"cmd": "x", "params": {"params.yaml": {"phase2": {"batch_size": 64}}}},
+    }}
+    (workspace / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert run_cli("export", "exported").exit_code == 0
+    params = json.loads((workspace / "exported/config.json").read_text())["params"]
+    assert params == {"data.source": "plays.txt", "model.context_dim": 12, "phase2.batch_size": 64, "seed": 7}  # not params.yaml's
+    assert "- corpus: `plays.txt`, seed 7" in (workspace / "exported/README.md").read_text()
 
 
 def test_score_writes_per_token_figures_and_totals(workspace):
@@ -307,6 +342,22 @@ def test_score_writes_per_token_figures_and_totals(workspace):
     one = run_cli("score", str(text), "--one-document", "--out", "one.csv")
     assert one.exit_code == 0 and f"{len(logprobs) + 1} tokens scored in 1 document(s)" in one.stdout  # one more: no reset
 
+
+
+def test_standard_input_is_scored_exactly_as_the_same_text_in_a_file(workspace):
+    from typer.testing import CliRunner
+
+    from ctxlm.commands import app
+
+    # a trailing blank line, trailing spaces, a run of blank lines with spaces: a .txt file gives 2 documents
+    text = "to be or not to be  \nthat is\n\n \n\nthe question\n\n"
+    (workspace / "text.txt").write_text(text)
+    for flags in ([], ["--one-document"]):
+        from_file = run_cli("score", "text.txt", *flags, "--out", "file.json")
+        from_stdin = CliRunner().invoke(app, ["score", "-", *flags, "--out", "stdin.json"], input=text)
+        assert from_file.exit_code == from_stdin.exit_code == 0, from_stdin.stderr
+        assert json.loads((workspace / "stdin.json").read_text()) == json.loads((workspace / "file.json").read_text())
+        assert from_stdin.stdout.replace("stdin.json", "file.json") == from_file.stdout and ("2 document(s)" in from_file.stdout) == (not flags)
 
 def test_a_bad_sampling_argument_on_the_command_line_is_one_error_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # refused before any model is looked for
