@@ -544,7 +544,9 @@ def scaling_section(runs: dict[str, dict], plot: Path) -> list[str]:
              f"(commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)}; `{SCALING_RESULTS.as_posix()}`): "
              "`data.max_train_tokens` set to the size and every other key as in `params.yaml`, so the validation and test "
              "tokens are the same for all. One seed per point. The fit is PPL(n) = E + A·n^(−α) by least squares on the test "
-             "perplexities (scipy's `curve_fit`), with 95% intervals from its covariance (Student's t, points − 3 degrees of freedom).", "",
+             "perplexities (scipy's `curve_fit`), with 95% intervals from its covariance (Student's t, points − 3 degrees of freedom). "
+             "A parameter the fit pushes onto its bound (E = 0, α = 5) is held there and the others refitted (points − 2 degrees of "
+             "freedom); it gets no interval, and crossings from such a fit say so.", "",
              "| training tokens | " + " | ".join(SCALING_MODELS[m].label for m in models) + " |",
              "|---:|" + "---:|" * len(models)]
     by_size = {m: dict(points[m]) for m in models}
@@ -556,9 +558,8 @@ def scaling_section(runs: dict[str, dict], plot: Path) -> list[str]:
         if isinstance(fit, str):
             lines.append(f"| {SCALING_MODELS[model].label} | {len(points[model])} | {fit} | | | | {seconds:,.0f} |")
             continue
-        lines.append(f"| {SCALING_MODELS[model].label} | {len(points[model])} | {fit.E:,.1f} [{fit.E_interval[0]:,.1f}, {fit.E_interval[1]:,.1f}] | "
-                     f"{fit.A:.3g} [{fit.A_interval[0]:.3g}, {fit.A_interval[1]:.3g}] | {fit.alpha:.3f} [{fit.alpha_interval[0]:.3f}, "
-                     f"{fit.alpha_interval[1]:.3f}] | {fit.r2:.4f} | {seconds:,.0f} |")
+        lines.append(f"| {SCALING_MODELS[model].label} | {len(points[model])} | {_fitted(fit.E, fit.E_interval, ',.1f')} | "
+                     f"{_fitted(fit.A, fit.A_interval, '.3g')} | {_fitted(fit.alpha, fit.alpha_interval, '.3f')} | {fit.r2:.4f} | {seconds:,.0f} |")
     lines += ["", "Where the fitted curves cross (searched from 1k to 10T training tokens; beyond the measured sizes, "
               f"{_tokens(sizes[0])} to {_tokens(sizes[-1])}, a crossing is an extrapolation of the fits):", ""]
     for first in (m for m in ("ctxlm", "ctxlm-trained-e") if isinstance(fits.get(m), PowerLawFit)):
@@ -569,10 +570,19 @@ def scaling_section(runs: dict[str, dict], plot: Path) -> list[str]:
             now = "below" if a(largest) < b(largest) else "above"
             where = (f"they cross at {' and '.join(_tokens(n) for n in at)} tokens" if at
                      else f"no crossing: {SCALING_MODELS[first].label} stays {now}")
+            held = [f"{SCALING_MODELS[m].label}'s {', '.join(fits[m].at_bound)}" for m in (first, second) if fits[m].at_bound]
+            caveat = f" (from a fit with {' and '.join(held)} held at a bound)" if held else ""
             lines.append(f"- {SCALING_MODELS[first].label} vs {SCALING_MODELS[second].label}: at {_tokens(largest)} tokens "
-                         f"the fit of {SCALING_MODELS[first].label} is {now} ({a(largest):,.1f} vs {b(largest):,.1f}); {where}.")
+                         f"the fit of {SCALING_MODELS[first].label} is {now} ({a(largest):,.1f} vs {b(largest):,.1f}); {where}{caveat}.")
     _plot_scaling(points, fits, plot)
     return lines + ["", f"![test PPL against training tokens]({plot.parent.name}/{plot.name})", ""]
+
+
+def _fitted(value: float, interval: tuple[float, float] | None, spec: str) -> str:
+    """A fitted parameter with its 95% interval, or the note that the fit held it at its bound."""
+    if interval is None:
+        return f"{value:{spec}} (at its bound: no interval)"
+    return f"{value:{spec}} [{interval[0]:{spec}}, {interval[1]:{spec}}]"
 
 
 def _plot_scaling(points: dict[str, list[tuple[int, float]]], fits: dict, path: Path) -> None:

@@ -2,7 +2,9 @@
 
 E is the perplexity the model tends to with unlimited data, A and α how fast it gets there. The
 fit runs in (E, ln A, α), which keeps A (often 1e4 to 1e8) well conditioned; the parameters' 95%
-intervals come from the fit's covariance and Student's t with n − 3 degrees of freedom.
+intervals come from the fit's covariance and Student's t with n − (free parameters) degrees of freedom.
+A parameter that the least-squares optimum pushes onto its bound (E = 0, say) is held there and the
+others are refitted without it: a covariance taken at a bound is meaningless, so it gets no interval.
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ import numpy as np
 from ctxlm.errors import CtxlmError
 
 
+NAMES = ("E", "A", "alpha")
+LOWER, UPPER = (0.0, -50.0, 1e-6), (np.inf, 200.0, 5.0)  # of (E, ln A, alpha)
+
+
 @dataclass(frozen=True)
 class PowerLawFit:
     E: float
     A: float
     alpha: float
-    E_interval: tuple[float, float]
-    A_interval: tuple[float, float]
-    alpha_interval: tuple[float, float]
+    E_interval: tuple[float, float] | None  # None: the parameter is at its bound (in at_bound)
+    A_interval: tuple[float, float] | None
+    alpha_interval: tuple[float, float] | None
     r2: float  # of the perplexities themselves
+    at_bound: tuple[str, ...] = ()  # the parameters held at a bound of the fit, by NAMES
 
     def __call__(self, n: np.ndarray | float) -> np.ndarray | float:
         return self.E + self.A * np.power(n, -self.alpha)
@@ -33,9 +40,13 @@ def _curve(log_n: np.ndarray, E: float, log_A: float, alpha: float) -> np.ndarra
     return E + np.exp(log_A - alpha * log_n)
 
 
+def _on_bound(value: float, i: int) -> bool:
+    return bool(np.isclose(value, LOWER[i], rtol=1e-6, atol=1e-6) or np.isclose(value, UPPER[i], rtol=1e-6, atol=1e-6))
+
+
 def fit_power_law(tokens, ppl) -> PowerLawFit:
     """The least-squares fit of PPL(n) = E + A·n^(−α) to (tokens, ppl): at least 4 points, E >= 0,
-    A > 0, 0 < α < 5."""
+    A > 0, 0 < α < 5; parameters on a bound held there (at_bound) and the rest refitted."""
     from scipy import optimize, stats
 
     n, y = np.asarray(tokens, dtype=np.float64), np.asarray(ppl, dtype=np.float64)
@@ -44,18 +55,37 @@ def fit_power_law(tokens, ppl) -> PowerLawFit:
     log_n = np.log(n)
     # a start: E a little under the best figure, alpha 0.5, ln A through the largest figure
     E0, alpha0 = 0.9 * y.min(), 0.5
-    start = (E0, math.log(max(y.max() - E0, 1e-9)) + alpha0 * log_n[np.argmax(y)], alpha0)
-    params, covariance = optimize.curve_fit(_curve, log_n, y, p0=start, bounds=([0.0, -50.0, 1e-6], [np.inf, 200.0, 5.0]), maxfev=20_000)
-    E, log_A, alpha = params
+    params = np.array([E0, math.log(max(y.max() - E0, 1e-9)) + alpha0 * log_n[np.argmax(y)], alpha0])
+    held: list[int] = []
+    while True:
+        free = [i for i in range(3) if i not in held]
+
+        def curve(log_n, *values, free=free):
+            full = params.copy()
+            full[free] = values
+            return _curve(log_n, *full)
+
+        values, covariance = optimize.curve_fit(curve, log_n, y, p0=params[free], maxfev=20_000,
+                                                bounds=([LOWER[i] for i in free], [UPPER[i] for i in free]))
+        params[free] = values
+        newly = [i for i in free if _on_bound(params[i], i)]
+        if not newly or len(newly) == len(free):
+            break
+        for i in newly:  # onto the bound itself
+            params[i] = LOWER[i] if abs(params[i] - LOWER[i]) < abs(params[i] - UPPER[i]) else UPPER[i]
+        held += newly
     residual = y - _curve(log_n, *params)
     r2 = 1.0 - float(residual @ residual) / float(((y - y.mean()) ** 2).sum())
-    t = stats.t.ppf(0.975, max(1, len(n) - 3))
-    half = t * np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    t = stats.t.ppf(0.975, max(1, len(n) - len(free)))
+    half = dict(zip(free, t * np.sqrt(np.clip(np.diag(covariance), 0.0, None))))
+    intervals = [None if i not in half or _on_bound(params[i], i) else (params[i] - half[i], params[i] + half[i]) for i in range(3)]
+    E, log_A, alpha = (float(v) for v in params)
     return PowerLawFit(
-        E=float(E), A=float(math.exp(log_A)), alpha=float(alpha),
-        E_interval=(float(E - half[0]), float(E + half[0])),
-        A_interval=(float(math.exp(log_A - half[1])), float(math.exp(log_A + half[1]))),
-        alpha_interval=(float(alpha - half[2]), float(alpha + half[2])), r2=r2,
+        E=E, A=math.exp(log_A), alpha=alpha,
+        E_interval=None if intervals[0] is None else tuple(map(float, intervals[0])),
+        A_interval=None if intervals[1] is None else (math.exp(intervals[1][0]), math.exp(intervals[1][1])),
+        alpha_interval=None if intervals[2] is None else tuple(map(float, intervals[2])), r2=r2,
+        at_bound=tuple(NAMES[i] for i in range(3) if intervals[i] is None),
     )
 
 

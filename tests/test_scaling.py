@@ -50,3 +50,20 @@ def test_curves_that_cross_twice_give_both_crossings():
 def test_a_fit_needs_four_distinct_sizes():
     with pytest.raises(CtxlmError, match="at least 4 distinct training sizes"):
         fit_power_law([1e4, 1e4, 2e4, 3e4], [300, 300, 250, 200])
+
+
+def test_a_parameter_on_its_bound_is_held_there_and_gets_no_interval():
+    """Points of -50 + 1e5 n^-0.5: the best E >= 0 is 0, so E is held at 0 and A, alpha (and their
+    intervals, t with n - 2 degrees of freedom) are those of a plain 2-parameter fit of A n^-alpha."""
+    from scipy import optimize, stats
+
+    sizes = np.geomspace(25e3, 4e6, 8)
+    ppl = -50.0 + 1e5 * sizes**-0.5
+    fit = fit_power_law(sizes, ppl)
+    (log_A, alpha), covariance = optimize.curve_fit(lambda log_n, log_A, alpha: np.exp(log_A - alpha * log_n), np.log(sizes), ppl,
+                                                    p0=(np.log(1e5), 0.5), maxfev=20_000)
+    half = stats.t.ppf(0.975, len(sizes) - 2) * np.sqrt(np.diag(covariance))
+    assert fit.at_bound == ("E",) and fit.E == 0.0 and fit.E_interval is None
+    assert fit.A == pytest.approx(np.exp(log_A), rel=1e-4) and fit.alpha == pytest.approx(alpha, rel=1e-4)
+    assert fit.alpha_interval == pytest.approx((alpha - half[1], alpha + half[1]), rel=1e-3)
+    assert fit.A_interval == pytest.approx((np.exp(log_A - half[0]), np.exp(log_A + half[0])), rel=1e-3)

@@ -128,6 +128,20 @@ def test_the_report_section_fits_each_model_and_finds_where_the_curves_cross(tmp
     assert (tmp_path / "scaling.png").stat().st_size > 0
 
 
+
+def test_a_fit_held_at_a_bound_has_no_interval_there_and_its_crossings_say_so(tmp_path):
+    from ctxlm.report import scaling_section
+
+    sizes = [25_000, 50_000, 100_000, 250_000, 500_000]
+    runs = known_runs({"ctxlm": (100.0, 1e5, 0.5), "kneser-ney": (-50.0, 1e5, 0.5)}, sizes)  # the best E >= 0 is 0
+    lines = scaling_section(runs, tmp_path / "scaling.png")
+    kneser_ney = next(line for line in lines if line.startswith("| Kneser-Ney trigram | 5 |"))
+    assert "| 0.0 (at its bound: no interval) |" in kneser_ney and kneser_ney.count("[") == 2  # A and alpha keep theirs
+    ctxlm = next(line for line in lines if line.startswith("| ctxlm, frozen embedding | 5 |"))
+    assert "bound" not in ctxlm and ctxlm.count("[") == 3
+    crossing = next(line for line in lines if line.startswith("- ctxlm, frozen embedding vs Kneser-Ney trigram"))
+    assert crossing.endswith("(from a fit with Kneser-Ney trigram's E held at a bound).")
+
 def test_a_model_with_too_few_points_is_reported_without_a_fit(tmp_path):
     from ctxlm.report import scaling_section
 
