@@ -1,5 +1,5 @@
-"""Shared set-up for the benchmarks: offline default tokens, a ContextBlock, C* shards in a temp
-folder, and running a stage as a subprocess."""
+"""Shared set-up for the benchmarks: offline default tokens, random documents, a ContextBlock, C*
+shards in a temp folder, and running a stage as a subprocess."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def offline_tokens(folder: Path, train_tokens: int, val_tokens: int) -> tuple[To
         ids, offsets = split_tokens.ids, split_tokens.offsets
         save_tokens(folder, split, ids, offsets)
     return TokenSplit(folder, "train"), TokenSplit(folder, "val"), load_embedding(model_dir)
+
+
+def random_documents(tokens: int, rng: np.random.Generator, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, offsets) of documents of 200-3,000 random ids below `vocab`, `tokens` in all."""
+    lengths = []
+    while sum(lengths) < tokens:
+        lengths.append(int(min(rng.integers(200, 3000), tokens - sum(lengths))))
+    return rng.integers(0, vocab, tokens, dtype=np.int32), np.concatenate([[0], np.cumsum(lengths)])
 
 
 def context_block(embedding: torch.Tensor) -> tuple[ContextBlock, str]:

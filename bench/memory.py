@@ -18,7 +18,7 @@ import torch
 import typer
 import yaml
 
-from bench.common import run_stage, workdir
+from bench.common import random_documents, run_stage, workdir
 from ctxlm.config import Params
 from ctxlm.model import ContextBlock, ModelConfig
 from ctxlm.shards import atomic_dir, save_embedding, save_tokens, write_manifest
@@ -28,20 +28,12 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 VOCAB, EMBED_DIM = 1000, 64
 
 
-def random_documents(tokens: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, offsets) of documents of 200-3,000 tokens, `tokens` in all."""
-    lengths = []
-    while sum(lengths) < tokens:
-        lengths.append(int(min(rng.integers(200, 3000), tokens - sum(lengths))))
-    return rng.integers(0, VOCAB, tokens, dtype=np.int32), np.concatenate([[0], np.cumsum(lengths)])
-
-
 def prepare_folder(folder: Path, train_tokens: int, context_dim: int, dtype: str) -> None:
     rng = np.random.default_rng(0)
     with atomic_dir(folder / "data/tokens") as out:
         counts = {}
         for split, n in (("train", train_tokens), ("val", train_tokens // 10), ("test", train_tokens // 10)):
-            ids, offsets = random_documents(n, rng)
+            ids, offsets = random_documents(n, rng, VOCAB)
             save_tokens(out, split, ids, offsets)
             # random ids have no text: a nominal byte (and character) per token, so evaluate can run
             counts[split] = {"tokens": n, "documents": len(offsets) - 1, "predicted_bytes": n, "predicted_chars": n}

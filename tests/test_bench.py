@@ -66,6 +66,14 @@ def test_bench_generate(tmp_path):
     assert "late / early cost (position 64 / 16)" in stdout
 
 
+def test_smoke_overhead_bench_prints_its_json(tmp_path):
+    """bench.overhead runs its four real loops at its tiny shapes, a few steps each, and ends with
+    its figures (their presence only: the timings are not checked)."""
+    _, last = run_bench(tmp_path, "bench.overhead", "--tokens", "6000", "--iterations", "4", "--cstar-steps", "8", "--cstar-repeats", "1")
+    for key in ("phase1_ms_per_batch", "phase2_ms_per_step", "cstar_ms_per_position_step", "lstm_ms_per_step"):
+        assert last[key] > 0, key
+    assert last["vocab"] == 1024 and last["width"] == 32 and last["cstar_documents"] == 256 and last["phase2_batch_size"] == 512
+
 def test_the_benchmark_s_cached_transformer_steps_give_its_whole_sequence_logits():
     """bench.generate times a real key/value-cache path: its logits are the full forward pass's."""
     import torch
