@@ -453,7 +453,8 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
     if has_baseline_curves:
         lines += ["![validation PPL per epoch, ctxlm and the baselines](results/baseline_val_curves.png)", ""]
     if BEFORE_SAMPLING.is_file():
-        lines += sampling_change_section(json.loads(BEFORE_SAMPLING.read_text()))
+        scaling = json.loads(SCALING_RESULTS.read_text()) if SCALING_RESULTS.is_file() else {}
+        lines += sampling_change_section(json.loads(BEFORE_SAMPLING.read_text()), scaling)
     if NEXT_FAMILY.results.is_file():
         lines += next_section(load_results(NEXT_FAMILY.results), figures / "next_val_curves.png")
     if SCALING_RESULTS.is_file():
@@ -462,8 +463,9 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
     print(f"ctxlm report: wrote {out} and {len(list(figures.glob('*.png')))} plots in {figures}")
 
 
-def sampling_change_section(before: dict) -> list[str]:
-    """The committed full-size figures before and after every split became a seeded sample of the corpus."""
+def sampling_change_section(before: dict, scaling: dict[str, dict]) -> list[str]:
+    """The committed full-size figures, and the scaling runs' test PPL (`scaling`: the collected runs),
+    before and after every split became a seeded sample of the corpus."""
     files = {"ctxlm": Path("metrics/eval.json"), **{name: Path(f"metrics/baselines/{name}.json") for name in BASELINES}}
     labels = {"ctxlm": "ctxlm", **BASELINES}
     ppl = Metric("ppl", "", False)
@@ -485,6 +487,17 @@ def sampling_change_section(before: dict) -> list[str]:
         lines.append(f"| {labels[name]} | {_format(old['test_ppl'], ppl)} | {_format(new['test_ppl'], ppl)} | "
                      f"{_percent(_change(old['test_ppl'], new['test_ppl']))} | {_format(old['val_ppl'], ppl)} | {_format(new['val_ppl'], ppl)} | "
                      f"{train[0]} | {train[1]} |")
+    both = {name: run for name, run in before.get("scaling", {}).items() if "test_ppl" in scaling.get(name, {}).get("metrics", {})}
+    if not both:
+        return lines + [""]
+    models = [m for m in SCALING_MODELS if any(run["model"] == m for run in both.values())]
+    lines += ["", "The scaling runs' test PPL, before → now (each size's training split, before: the first scenes in corpus order, "
+              "one or two plays below 50,000 tokens):", "",
+              "| training tokens | " + " | ".join(SCALING_MODELS[m].label for m in models) + " |", "|---:|" + "---:|" * len(models)]
+    for n in sorted({run["train_tokens"] for run in both.values()}):
+        cells = [next((f"{_format(run['test_ppl'], ppl)} → {_format(scaling[name]['metrics']['test_ppl'], ppl)}"
+                       for name, run in both.items() if run["model"] == m and run["train_tokens"] == n), "–") for m in models]
+        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

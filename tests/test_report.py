@@ -278,3 +278,17 @@ def test_the_rank_by_layer_plot_orders_layers_by_number_not_as_text(tmp_path, mo
     report.plot_rank_by_layer({"layers-12": {0: {"context_dim": 1, "rank_by_layer": ranks}}}, tmp_path / "ranks.png")
     [(xs, ys)] = plotted.values()
     assert xs == list(range(1, 13)) and ys == [float(l) for l in range(1, 13)]
+
+
+def test_the_sampling_change_puts_each_scaling_run_beside_its_run_before(tmp_path, monkeypatch):
+    from ctxlm.report import sampling_change_section
+
+    monkeypatch.chdir(tmp_path)  # no metrics files: the full-size table is empty
+    before = {"commit": "abc", "sampling": "first documents", "metrics": {}, "superseded_runs": [],
+              "scaling": {"scale-ctxlm-n1000": {"model": "ctxlm", "train_tokens": 1000, "test_ppl": 900.04},
+                          "scale-lstm-n2000": {"model": "lstm", "train_tokens": 2000, "test_ppl": 1234.5},
+                          "scale-lstm-n4000": {"model": "lstm", "train_tokens": 4000, "test_ppl": 300.0}}}  # not rerun: left out
+    now = {"scale-ctxlm-n1000": {"metrics": {"test_ppl": 450.26}}, "scale-lstm-n2000": {"metrics": {"test_ppl": 1300.71}}}
+    lines = sampling_change_section(before, now)
+    table = lines[lines.index("| training tokens | ctxlm, frozen embedding | LSTM, frozen embedding |"):]
+    assert table[2:4] == ["| 1,000 | 900.0 → 450.3 | – |", "| 2,000 | – | 1,234.5 → 1,300.7 |"] and table[4] == ""
