@@ -452,13 +452,13 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
               *baseline_rows(), ""]
     if has_baseline_curves:
         lines += ["![validation PPL per epoch, ctxlm and the baselines](results/baseline_val_curves.png)", ""]
+    scaling = json.loads(SCALING_RESULTS.read_text()) if SCALING_RESULTS.is_file() else {}
     if BEFORE_SAMPLING.is_file():
-        scaling = json.loads(SCALING_RESULTS.read_text()) if SCALING_RESULTS.is_file() else {}
         lines += sampling_change_section(json.loads(BEFORE_SAMPLING.read_text()), scaling)
     if NEXT_FAMILY.results.is_file():
         lines += next_section(load_results(NEXT_FAMILY.results), figures / "next_val_curves.png")
     if SCALING_RESULTS.is_file():
-        lines += scaling_section(json.loads(SCALING_RESULTS.read_text()), figures / "scaling.png")
+        lines += scaling_section(scaling, figures / "scaling.png")
     out.write_text("\n".join(lines))
     print(f"ctxlm report: wrote {out} and {len(list(figures.glob('*.png')))} plots in {figures}")
 
@@ -494,10 +494,10 @@ def sampling_change_section(before: dict, scaling: dict[str, dict]) -> list[str]
     lines += ["", "The scaling runs' test PPL, before → now (each size's training split, before: the first scenes in corpus order, "
               "one or two plays below 50,000 tokens):", "",
               "| training tokens | " + " | ".join(SCALING_MODELS[m].label for m in models) + " |", "|---:|" + "---:|" * len(models)]
-    for n in sorted({run["train_tokens"] for run in both.values()}):
-        cells = [next((f"{_format(run['test_ppl'], ppl)} → {_format(scaling[name]['metrics']['test_ppl'], ppl)}"
-                       for name, run in both.items() if run["model"] == m and run["train_tokens"] == n), "–") for m in models]
-        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    cells = {(run["model"], run["train_tokens"]): f"{_format(run['test_ppl'], ppl)} → {_format(scaling[name]['metrics']['test_ppl'], ppl)}"
+             for name, run in both.items()}
+    for n in sorted({n for _, n in cells}):
+        lines.append(f"| {n:,} | " + " | ".join(cells.get((m, n), "–") for m in models) + " |")
     return lines + [""]
 
 

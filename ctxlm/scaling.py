@@ -78,13 +78,18 @@ def fit_power_law(tokens, ppl) -> PowerLawFit:
     r2 = 1.0 - float(residual @ residual) / float(((y - y.mean()) ** 2).sum())
     t = stats.t.ppf(0.975, max(1, len(n) - len(free)))
     half = dict(zip(free, t * np.sqrt(np.clip(np.diag(covariance), 0.0, None))))
-    intervals = [None if i not in half or _on_bound(params[i], i) else (params[i] - half[i], params[i] + half[i]) for i in range(3)]
-    E, log_A, alpha = (float(v) for v in params)
+
+    def interval(i: int) -> tuple[float, float] | None:
+        """Parameter i's 95% interval in its own scale (A's from ln A's); None on a bound."""
+        if i not in half or _on_bound(params[i], i):
+            return None
+        low, high = params[i] - half[i], params[i] + half[i]
+        return (math.exp(low), math.exp(high)) if i == 1 else (float(low), float(high))
+
+    intervals = [interval(i) for i in range(3)]
     return PowerLawFit(
-        E=E, A=math.exp(log_A), alpha=alpha,
-        E_interval=None if intervals[0] is None else tuple(map(float, intervals[0])),
-        A_interval=None if intervals[1] is None else (math.exp(intervals[1][0]), math.exp(intervals[1][1])),
-        alpha_interval=None if intervals[2] is None else tuple(map(float, intervals[2])), r2=r2,
+        E=float(params[0]), A=math.exp(params[1]), alpha=float(params[2]),
+        E_interval=intervals[0], A_interval=intervals[1], alpha_interval=intervals[2], r2=r2,
         at_bound=tuple(NAMES[i] for i in range(3) if intervals[i] is None),
     )
 
