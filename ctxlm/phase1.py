@@ -15,7 +15,7 @@ from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase1Params
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, ContextBlocks, ModelConfig, input_features, token_windows
-from ctxlm.runtime import autocast, progress, seed_everything
+from ctxlm.runtime import adam, autocast, clip_gradients, progress, seed_everything
 from ctxlm.shards import TokenSplit
 
 
@@ -32,8 +32,17 @@ def previous_contexts(contexts: torch.Tensor, doc_starts: torch.Tensor, before: 
     prev = torch.roll(contexts, 1, dims=0)
     if before is not None:
         prev[0] = before
-    prev[doc_starts] = 0.0
-    return prev
+    return torch.where(doc_starts[:, None], 0.0, prev)  # not prev[doc_starts] = 0: a boolean mask waits for the device
+
+
+def noise_source(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """Where phase 1's context noise is drawn: on a CPU the run's generator itself (after the initial
+    contexts); on a GPU a generator of that device seeded with the run's seed, so the noise never
+    crosses from the host. A CPU run and a GPU run of the same seed so draw different noise, each
+    reproducible on its own device."""
+    if device.type == "cpu":
+        return generator
+    return torch.Generator(device).manual_seed(generator.initial_seed())
 
 
 @dataclass
@@ -68,8 +77,8 @@ def document_rows(offsets: np.ndarray, documents: np.ndarray) -> np.ndarray:
     return np.concatenate([np.arange(offsets[d], offsets[d + 1]) for d in documents]) if len(documents) else np.zeros(0, dtype=np.int64)
 
 
-def process_rows(n: int, batch_tokens: int) -> tuple[slice, list[np.ndarray]]:
-    """The tokens this process trains on in phase 1, and its mini-batches (indices into those rows).
+def process_rows(n: int, batch_tokens: int) -> tuple[slice, list[slice]]:
+    """The tokens this process trains on in phase 1, and its mini-batches (slices of those rows).
 
     The stream's mini-batches are the same for any number of processes (consecutive, equal, about
     `batch_tokens` each: the OACD loss of a batch depends on which tokens it holds); each process
@@ -80,7 +89,7 @@ def process_rows(n: int, batch_tokens: int) -> tuple[slice, list[np.ndarray]]:
                          f"{batch_tokens}), fewer than the {distributed.world()} processes; lower phase1.batch_tokens or runtime.processes")
     mine = batches[distributed.share(len(batches))]
     lo, hi = int(mine[0][0]), int(mine[-1][-1]) + 1
-    return slice(lo, hi), [idx - lo for idx in mine]
+    return slice(lo, hi), [slice(int(idx[0]) - lo, int(idx[-1]) + 1 - lo) for idx in mine]
 
 
 def train_context_block(
@@ -112,7 +121,8 @@ def train_context_block(
     rows, batches = process_rows(n, params.batch_tokens)
     x, doc_starts = x[rows], doc_starts[rows]
     contexts = (torch.randn(n, d_c, generator=generator)[rows] * params.init_std).to(device)  # iteration 0, (n_mine, d_c)
-    optimizer = torch.optim.Adam(block.parameters(), lr=params.lr)
+    noise_generator = noise_source(generator, device)
+    optimizer = adam(block.parameters(), params.lr, device)
     not_start = (~doc_starts).unsqueeze(1).float()
     history: list[dict] = []
     seconds_before = 0.0
@@ -121,6 +131,7 @@ def train_context_block(
         block.load_state_dict(saved["block"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["rng"])
+        noise_generator.set_state(saved["noise_rng"])
         history, seconds_before = saved["history"], saved["seconds"]
         contexts = torch.from_numpy(np.array(np.load(checkpoint.folder / saved["contexts_file"], mmap_mode="r")[rows])).to(device)
         if distributed.is_main():
@@ -132,20 +143,19 @@ def train_context_block(
             break
         prev = previous_contexts(contexts, doc_starts, before=distributed.previous_row(contexts[-1]))  # the share before ends with it
         if params.context_noise > 0:
-            noise = torch.randn(n, d_c, generator=generator)[rows]  # drawn whole: the same noise for any number of processes
-            prev += noise.to(device) * params.context_noise * not_start
+            noise = torch.randn(n, d_c, generator=noise_generator, device=device)[rows]  # drawn whole: the same noise for any number of processes
+            prev += noise * params.context_noise * not_start
         optimizer.zero_grad(set_to_none=True)
         new = torch.empty_like(contexts)
         total = torch.zeros((), dtype=torch.float64, device=device)
-        for idx in batches:
-            idx = torch.from_numpy(idx).to(device)
+        for batch in batches:
             with autocast(params.precision, device):
-                out = block(prev[idx], x[idx])[:, -1]  # (B, d_c) final layer
+                out = block(prev[batch], x[batch])[:, -1]  # (B, d_c) final layer
             out = out.float()
-            loss = oacd_loss(out, params.centroid_weight) * (len(idx) / n)
+            loss = oacd_loss(out, params.centroid_weight) * (len(out) / n)
             loss.backward()
             total += loss.detach().double()
-            new[idx] = out.detach()
+            new[batch] = out.detach()
         moved = (new - contexts).square().mean(dim=1)  # (n_mine,) per-token MSE since last iteration
         sums = distributed.all_sum(torch.stack([total, (moved < params.convergence_threshold).sum().double()]))
         loss_sum, converged = sums.tolist()
@@ -156,7 +166,7 @@ def train_context_block(
             )
         for p in block.parameters():
             distributed.all_sum(p.grad)
-        grad_norm = torch.nn.utils.clip_grad_norm_(block.parameters(), params.gradient_clip)
+        grad_norm = clip_gradients(block.parameters(), params.gradient_clip)
         if not torch.isfinite(grad_norm):
             raise CtxlmError(f"train_context: the gradient became {grad_norm.item()} at iteration {iteration}; lower phase1.lr")
         optimizer.step()
@@ -169,7 +179,7 @@ def train_context_block(
         if checkpoint and distributed.agree(checkpoint.due()):
             name = f"contexts-{iteration:05d}.npy"
             distributed.write_rows(checkpoint.folder / name, contexts.cpu().numpy(), rows, n)
-            checkpoint.save({"block": block.state_dict(), "optimizer": optimizer.state_dict(), "rng": generator.get_state(),
+            checkpoint.save({"block": block.state_dict(), "optimizer": optimizer.state_dict(), "rng": generator.get_state(), "noise_rng": noise_generator.get_state(),
                              "contexts_file": name, "history": history, "seconds": seconds_before + time.perf_counter() - start})
             if distributed.is_main():
                 for old in checkpoint.folder.glob("contexts-*.npy"):

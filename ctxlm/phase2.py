@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from ctxlm.cstar import document_windows, shard_ranges
 from ctxlm.errors import CtxlmError
 from ctxlm.head import CHUNK, head_loss, head_scores
 from ctxlm.model import TokenModel
-from ctxlm.runtime import autocast, progress, release_free_memory, resolve_precision
-from ctxlm.shards import CstarReader, TokenSplit, decode_cstar
+from ctxlm.runtime import adam, autocast, clip_gradients, progress, release_free_memory, resolve_precision
+from ctxlm.shards import CstarReader, TokenSplit, decode_cstar, decode_rows, stored_tensor
 from ctxlm.weights import load_trained_state
 
 
@@ -72,9 +73,43 @@ def with_previous(stored: np.ndarray, index: np.ndarray, p: int) -> torch.Tensor
     contexts = decode_cstar(stored[index[:, 0]])  # (M, L, d_c)
     if p == 0:
         return contexts
-    previous = decode_cstar(stored[np.maximum(index[:, 1:], 0).ravel()])[:, -1].reshape(len(index), p, -1)  # (M, p, d_c)
+    previous = decode_cstar(stored[np.maximum(index[:, 1:], 0).ravel()])[:, -1].reshape(len(index), p, stored.shape[-1])  # (M, p, d_c); M may be 0
     previous = torch.where(torch.from_numpy(index[:, 1:] >= 0)[..., None], previous, 0.0)
     return torch.cat([contexts, previous], dim=1)
+
+
+# A split is kept whole on the device (SplitData.keep_on) when it takes at most this share of the
+# device's free memory: the rest stays for the model, its activations and the optimizer.
+RESIDENT_SHARE = 0.25
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on `device`: a GPU's free memory, or the host's free physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class ResidentSplit:
+    """A whole split on one device: (N, L, d_C) C* as stored (bf16 or float), (N, k) int32 windows,
+    (N,) int32 targets, (N,) int32 first token of each token's document."""
+
+    cstar: torch.Tensor
+    windows: torch.Tensor
+    targets: torch.Tensor
+    document_first: torch.Tensor
+
+    def examples(self, positions: torch.Tensor, p: int):
+        """(B,) int64 positions on the device -> what SplitData.batch gives: (B, L + p, d_C) C*, its
+        last layer's p previous rows after it (zeros before the document's start), windows, targets."""
+        contexts = decode_rows(self.cstar[positions])  # (B, L, d_C)
+        if p:
+            previous = positions[:, None] - torch.arange(1, p + 1, device=positions.device)  # (B, p)
+            inside = previous >= self.document_first[positions][:, None].long()
+            rows = decode_rows(self.cstar[previous.clamp(min=0), -1])  # (B, p, d_C)
+            contexts = torch.cat([contexts, torch.where(inside[..., None], rows, 0.0)], dim=1)
+        return contexts, self.windows[positions].long(), self.targets[positions].long()
 
 
 class SplitData:
@@ -94,6 +129,31 @@ class SplitData:
             self.windows[a:b] = document_windows(tokens.ids[a:b], tokens.offsets[first : end + 1] - a, k)
         self.targets = torch.zeros(len(tokens), dtype=torch.int32)
         self.targets[:-1] = torch.from_numpy(np.array(tokens.ids[1:], dtype=np.int32))
+        self.resident: ResidentSplit | None = None
+
+    def resident_bytes(self) -> int:
+        """What keeping the split on a device takes: its stored C*, windows, targets and document starts."""
+        return len(self.cstar) * self.cstar.row_bytes + self.windows.nbytes + 2 * self.targets.nbytes
+
+    def keep_on(self, device: torch.device, budget: int | None = None) -> bool:
+        """Load the whole split onto `device` once, when it takes at most `budget` bytes (by default
+        RESIDENT_SHARE of the device's free memory); its batches are then gathered there. Otherwise
+        (False) they keep being read from the shards, in bounded memory."""
+        budget = int(RESIDENT_SHARE * free_memory(device)) if budget is None else budget
+        if self.resident_bytes() > budget:
+            return False
+        cstar = stored_tensor(self.cstar.read(np.arange(len(self.cstar))))
+        first = np.repeat(self.offsets[:-1], np.diff(self.offsets)).astype(np.int32)  # (N,) the first token of each token's document
+        self.resident = ResidentSplit(cstar.to(device), self.windows.to(device), self.targets.to(device), torch.from_numpy(first).to(device))
+        return True
+
+    def place(self, device: torch.device, name: str) -> None:
+        """keep_on(device) unless already resident, saying which way the split `name` is read."""
+        if self.resident is None:
+            resident = self.keep_on(device)
+            if distributed.is_main():
+                how = f"kept on {device}" if resident else f"read from its shards (more than {RESIDENT_SHARE:.0%} of {device}'s free memory)"
+                print(f"{name}: {self.resident_bytes() / 2**20:,.1f} MiB, {how}", flush=True)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -116,14 +176,22 @@ class SplitData:
 
     def batch(self, positions: np.ndarray, device: torch.device):
         """-> (B, L + p, d_c) C* with the previous contexts, (B, k) windows, (B,) targets."""
+        if self.resident is not None:
+            return self.resident.examples(torch.from_numpy(positions).to(self.resident.cstar.device, torch.int64), self.prev_contexts)
         stored, index = self._read(positions)
         return self._examples(positions, with_previous(stored, index, self.prev_contexts), device)
 
     def batches(self, order: np.ndarray, sizes: int | Sequence[int], device: torch.device):
         """The batches of consecutive examples of `order` (indices into positions): `sizes` examples
         each (an int) or the given sizes. C* is read about LOAD_BYTES at a time, in file order, and
-        decoded a batch at a time."""
+        decoded a batch at a time; or, when the split is resident (keep_on), gathered on its device
+        (the epoch's positions copied there once)."""
         bounds = batch_bounds(len(order), sizes)
+        if self.resident is not None:
+            positions = torch.from_numpy(self.positions[order]).to(self.resident.cstar.device, torch.int64)
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                yield self.resident.examples(positions[a:b], self.prev_contexts)
+            return
         rows_per_example = (1 + self.prev_contexts) * self.cstar.row_bytes
         per_load = max(1, LOAD_BYTES // (rows_per_example * max(1, int(np.diff(bounds).max(initial=1)))))
         for g in range(0, len(bounds) - 1, per_load):
@@ -240,6 +308,8 @@ def train_token_model(
         contexts, windows, targets = batch
         return training_loss(model, contexts, windows, targets, params.precision, device), len(targets)
 
+    train.place(device, "the training split")
+    val.place(device, "the validation split")
     sample = seeded_sample(len(train), len(val), sample_seed)
     task = TrainingTask(
         examples=len(train), batch_examples=params.batch_size, tokens=len(train),
@@ -294,7 +364,8 @@ def train_epochs(
     is saved every few minutes and after every epoch, and a killed run resumes from it exactly:
     the result equals that of a run never interrupted."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=params.lr)
+    device = next(model.parameters()).device
+    optimizer = adam(trainable, params.lr, device)
     run = {"epoch": 1, "step": 0, "loss_sum": 0.0, "epoch_rng": generator.get_state(), "history": [],
            "best_loss": math.inf, "best_epoch": 0, "best_state": None, "stale": 0, "stopped": False, "seconds": 0.0}
     saved = checkpoint.load() if checkpoint else None
@@ -311,7 +382,6 @@ def train_epochs(
             run["seconds"] = seconds_before + time.perf_counter() - start
             checkpoint.save({"model": trained_state(model), "optimizer": optimizer.state_dict(), "run": run})
 
-    device = next(model.parameters()).device
     step = Objective(model, task.loss)
     if distributed.world() > 1:
         step = DistributedDataParallel(step)
@@ -345,7 +415,7 @@ def train_epochs(
             loss, totals = step(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, params.gradient_clip)
+            clip_gradients(trainable, params.gradient_clip)
             optimizer.step()
             pending += totals
             run["step"] += 1

@@ -59,6 +59,19 @@ def configure_device(runtime, device: torch.device, modules: list[torch.nn.Modul
             module.compile()
 
 
+def adam(parameters, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam stepping all parameters at once: fused kernels on CUDA; on a CPU the foreach form, whose
+    steps equal the per-parameter loop's bit for bit (the fused CPU kernel rounds differently)."""
+    if device.type == "cuda":
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    return torch.optim.Adam(parameters, lr=lr, foreach=True)
+
+
+def clip_gradients(parameters, max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_ over all gradients at once (foreach; equal to the per-parameter loop bit for bit)."""
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)

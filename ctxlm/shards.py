@@ -162,12 +162,19 @@ def encode_cstar(rows: torch.Tensor, storage: np.dtype) -> np.ndarray:
     return rows.cpu().numpy()
 
 
+def stored_tensor(rows: np.ndarray) -> torch.Tensor:
+    """Stored rows as a tensor of their own dtype, without a copy (uint16 shards hold bf16)."""
+    return torch.from_numpy(rows.view(np.int16)).view(torch.bfloat16) if rows.dtype == np.uint16 else torch.from_numpy(rows)
+
+
+def decode_rows(rows: torch.Tensor) -> torch.Tensor:
+    """stored_tensor rows, on any device -> float32 (float64 stays float64)."""
+    return rows if rows.dtype == torch.float64 else rows.float()
+
+
 def decode_cstar(rows: np.ndarray) -> torch.Tensor:
     """Stored rows -> float32 (float64 stays float64)."""
-    if rows.dtype == np.uint16:
-        return torch.from_numpy(rows.view(np.int16)).view(torch.bfloat16).float()
-    tensor = torch.from_numpy(rows)
-    return tensor if tensor.dtype == torch.float64 else tensor.float()
+    return decode_rows(stored_tensor(rows))
 
 
 class CstarReader:

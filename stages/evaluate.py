@@ -30,6 +30,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         figures = {}
         for split, reader in readers.items():
             data = SplitData(reader, splits[split], cfg.num_input_tokens, model.cfg.prev_contexts)
+            data.place(device, f"the {split} split")
             loss, acc = evaluate_split(model.to(device), data, device, desc=f"evaluate {split}")
             figures.update(split_figures(split, loss, acc, len(data), meta[split]))
 

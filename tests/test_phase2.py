@@ -15,6 +15,8 @@ from ctxlm.phase2 import (SHUFFLE_BLOCK, SHUFFLE_ROWS, SplitData, block_shuffled
 from ctxlm.runtime import configure_device
 from ctxlm.shards import CstarReader, TokenSplit, write_manifest
 
+CPU = torch.device("cpu")
+
 
 def make_split(tmp_path, name, lengths, block, embedding, seed):
     tokens = make_token_split(tmp_path, lengths, vocab=embedding.shape[0], seed=seed, split=name)
@@ -186,11 +188,13 @@ def test_previous_positions_by_hand():
     assert got.tolist() == [[-1, -1], [0, -1], [1, 0], [-1, -1], [3, -1], [5, 4]]
 
 
-def test_split_data_with_previous_contexts_reads_the_right_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("resident", [False, True], ids=["read from shards", "kept on the device"])
+def test_split_data_with_previous_contexts_reads_the_right_rows(tmp_path, monkeypatch, resident):
     """prev_contexts 3: each example's C* rows, then the final layer of the 3 positions before it
     (zeros before its document), compared with rows read one by one; batched reads likewise."""
     _, _, plain, _ = setup(tmp_path)  # documents of 40, 90, 25 and 60 tokens
     data = SplitData(plain.cstar, TokenSplit(tmp_path, "train"), 2, prev_contexts=3)
+    assert data.keep_on(torch.device("cpu"), budget=data.resident_bytes() if resident else data.resident_bytes() - 1) == resident
     starts = {0, 40, 130, 155}
     positions = np.array([0, 1, 2, 3, 39, 40, 41, 43, 131, 200])
     contexts, _, _ = data.batch(positions, torch.device("cpu"))
@@ -205,3 +209,34 @@ def test_split_data_with_previous_contexts_reads_the_right_rows(tmp_path, monkey
     order = np.random.default_rng(0).permutation(len(data))
     batched = torch.cat([c for c, _, _ in data.batches(order, 7, torch.device("cpu"))])
     assert torch.equal(batched, data.batch(data.positions[order], torch.device("cpu"))[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_split_kept_on_the_device_gives_the_batches_read_from_its_shards(tmp_path, dtype):
+    """Same rows, same order, same values and dtypes: every batch of an epoch's order, previous
+    contexts included, whichever way the C* is stored (documents of 3 and 1 tokens: previous
+    contexts cut at once)."""
+    torch.manual_seed(0)
+    block = make_block(torch.float32, num_input_tokens=2, num_layers=2)
+    embedding = torch.randn(50, block.cfg.embed_dim)
+    tokens = make_token_split(tmp_path, [40, 3, 90, 1, 25], seed=1)
+    folder = tmp_path / "c"
+    folder.mkdir()
+    write_manifest(folder, {"shards": generate_split(block, embedding, tokens, folder, shard_tokens=64, desc="c", dtype=dtype)})
+    streamed, kept = (SplitData(CstarReader(folder), tokens, 2, prev_contexts=2) for _ in range(2))
+    assert kept.keep_on(torch.device("cpu"))
+    order = block_shuffled_order(len(kept), torch.Generator().manual_seed(5))
+    sizes = [7, 50, 0, 1, len(order) - 58]  # an empty batch: a process's share of a last batch smaller than the processes
+    for a, b in zip(streamed.batches(order, sizes, CPU), kept.batches(order, sizes, CPU), strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_training_on_a_split_kept_on_the_device_equals_training_on_the_shards(tmp_path, monkeypatch):
+    """The whole history and the best weights, bit for bit: the batches are the same."""
+    kept = train(tmp_path / "kept", seed=3)
+    monkeypatch.setattr("ctxlm.phase2.RESIDENT_SHARE", 0.0)  # no split fits: both are read from their shards
+    streamed = train(tmp_path / "streamed", seed=3)
+    assert streamed.history == kept.history
+    for key, value in kept.best_state.items():
+        assert torch.equal(streamed.best_state[key], value), key
