@@ -14,6 +14,7 @@ columns of the output in turn.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -121,8 +122,9 @@ def block_cstar_into(
             if tables[layer] is None:
                 hoisted.append(biases[layer].expand(steps, n, d_c))
             else:
-                hoisted.append(sum(table[slots[..., j]] for j, table in enumerate(tables[layer])))
-        rows = []  # per step: (width, L, d_c), in the order of index[valid] (step-major, sorted documents)
+                hoisted.append(functools.reduce(torch.Tensor.add_, [table[slots[..., j]] for j, table in enumerate(tables[layer])]))
+        computed = torch.empty(int(width.sum()), L, d_c, dtype=c.dtype, device=device)  # in the order of index[valid]: step-major, sorted documents
+        first_row = np.concatenate([[0], np.cumsum(width)])
         for s in range(steps):
             m = int(width[s])
             c = c[:m]
@@ -133,10 +135,9 @@ def block_cstar_into(
                 update = F.gelu(torch.addmm(hoisted[layer][s, :m], c, recurrent[layer])).add_(c)
                 c = F.layer_norm(update, (d_c,), weight, bias, eps)
                 layers.append(c)
-            rows.append(torch.stack(layers, dim=1))
+            torch.stack(layers, dim=1, out=computed[first_row[s] : first_row[s + 1]])
         torch.set_num_threads(threads)
-        computed = torch.cat(rows)
-        if not torch.isfinite(computed).all():
+        if not torch.stack(torch.aminmax(computed)).isfinite().all():  # NaN propagates to min and max: one pass, no (N, L, d_c) mask
             raise CtxlmError(
                 f"C* is not finite (NaN or inf) by step {t0 + steps} of a document: the ContextBlock weights are bad; "
                 "retrain them (dvc repro --force train_context), with a lower phase1.lr if they diverged"
