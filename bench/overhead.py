@@ -20,6 +20,11 @@ step's cost is the time between two stamps. Each figure is the median over its r
 iterations, calls) after WARMUP. torch runs on one thread unless `--threads` says otherwise: at
 these shapes a second thread adds only its wake-ups, and on a loaded 2-core machine those dominate
 (a phase-2 step's loss, backward and Adam step in fp32 took 2.9 ms on one thread, 141 ms on two).
+Beside each step, its arithmetic alone: the same tensor work on one prepared batch (forward, loss
+and backward; for C*, one step's products and norms), with no data building, optimizer or loop
+bookkeeping, median of ARITHMETIC_REPEATS. What the step costs beyond it is the host's share; on a
+CPU the arithmetic of these shapes is not negligible (a 512 x 1,024 exponential alone is ~0.1 ms),
+so a step cannot fall below it however little the host adds.
 The last line is one JSON object of the figures.
 """
 
@@ -32,17 +37,18 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import typer
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bench.common import cstar_shards, random_documents, workdir
-from ctxlm.baselines import SequenceData, build_baseline, train_baseline
+from ctxlm.baselines import SequenceData, build_baseline, sequence_loss, train_baseline
 from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import BaselinesParams, Phase1Params, Phase2Params
 from ctxlm.cstar import cstar_into, document_windows, split_windows
 from ctxlm.model import ContextBlock, ModelConfig, TokenModel, input_features
-from ctxlm.phase1 import train_context_block
-from ctxlm.phase2 import SplitData, train_token_model, with_device_precision
+from ctxlm.phase1 import oacd_loss, train_context_block
+from ctxlm.phase2 import SplitData, train_token_model, training_loss, with_device_precision
 from ctxlm.runtime import seed_everything
 from ctxlm.shards import TokenSplit, save_tokens
 
@@ -52,6 +58,7 @@ VOCAB, WIDTH = 1024, 32
 VAL_TOKENS = 2000  # validation after the epoch: not timed
 CSTAR_DOCUMENTS = 256
 WARMUP = 2  # steps (iterations, calls) not counted
+ARITHMETIC_REPEATS = 30
 
 
 class StepClock:
@@ -69,6 +76,59 @@ class StepClock:
         """(median ms between consecutive steps after WARMUP, how many such intervals)."""
         intervals = np.diff(self.stamps)[WARMUP:]
         return float(np.median(intervals)) * 1e3, len(intervals)
+
+
+def median_ms(work, repeats: int = ARITHMETIC_REPEATS) -> float:
+    """Median ms of `work()` over `repeats` calls after WARMUP."""
+    seconds = []
+    for _ in range(WARMUP + repeats):
+        start = time.perf_counter()
+        work()
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds[WARMUP:])) * 1e3
+
+
+def phase1_arithmetic_ms(tokens: TokenSplit, embedding: torch.Tensor, cfg: ModelConfig) -> float:
+    """One mini-batch's forward, OACD loss and backward, on prepared inputs."""
+    rows = slice(0, min(len(tokens), Phase1Params().batch_tokens))
+    x = input_features(embedding, split_windows(tokens, cfg.num_input_tokens))[rows]
+    block = ContextBlock(cfg)
+    prev = torch.randn(len(x), cfg.context_dim, generator=torch.Generator().manual_seed(0))
+    return median_ms(lambda: oacd_loss(block(prev, x)[:, -1], Phase1Params().centroid_weight).backward())
+
+
+def phase2_arithmetic_ms(train: SplitData, embedding: torch.Tensor, cfg: ModelConfig, params: Phase2Params) -> float:
+    """One batch's forward, loss through the head and backward, on a batch already built."""
+    model = TokenModel(cfg, embedding, weight_tying=True, freeze_embedding=True)
+    contexts, windows, targets = train.batch(train.positions[: params.batch_size], CPU)
+    return median_ms(lambda: training_loss(model, contexts, windows, targets, params.precision, CPU).backward())
+
+
+def lstm_arithmetic_ms(train: TokenSplit, embedding: torch.Tensor, cfg: ModelConfig, params: Phase2Params) -> float:
+    """One step's sequences: forward, loss through the head and backward, on a batch already built."""
+    baselines = BaselinesParams()
+    model = build_baseline("lstm", cfg, embedding, True, True, baselines.seq_len, baselines.transformer_layers)
+    inputs, targets = SequenceData(train, baselines.seq_len, stride=baselines.seq_len).batch(np.arange(max(1, params.batch_size // baselines.seq_len)), CPU)
+    return median_ms(lambda: sequence_loss(model, inputs, targets, params.precision, CPU)[0].backward())
+
+
+def cstar_arithmetic_ms(block: ContextBlock) -> float:
+    """One position step's products and norms for CSTAR_DOCUMENTS documents (each layer: the
+    recurrent product added to the hoisted input, GELU, residual, LayerNorm; the layers stacked)."""
+    g = torch.Generator().manual_seed(0)
+    d_c = block.cfg.context_dim
+    c, hoisted = torch.randn(CSTAR_DOCUMENTS, d_c, generator=g), torch.randn(CSTAR_DOCUMENTS, d_c, generator=g)
+    recurrent = [block.split_weights(layer)[0].T.contiguous() for layer in range(block.cfg.num_layers)]
+
+    def step():
+        layers, context = [], c
+        for w_c, norm in zip(recurrent, block.norms):
+            context = F.layer_norm(F.gelu(torch.addmm(hoisted, context, w_c)).add_(context), (d_c,), norm.weight, norm.bias, norm.eps)
+            layers.append(context)
+        torch.stack(layers, dim=1)
+
+    with torch.no_grad():
+        return median_ms(step, 20 * ARITHMETIC_REPEATS)
 
 
 def phase1_ms(tokens: TokenSplit, embedding: torch.Tensor, cfg: ModelConfig, iterations: int, folder) -> tuple[float, int, int]:
@@ -142,19 +202,24 @@ def main(tokens: int = typer.Option(60_000, help="training tokens: phase 1's min
     phase2, phase2_repeats = phase2_ms(train, val, embedding, cfg, params, checkpoints)
     cstar = cstar_ms(block, embedding, cstar_steps, cstar_repeats)
     lstm, lstm_repeats = lstm_ms(train_tokens, val_tokens, embedding, cfg, params, checkpoints)
+    arithmetic = {"phase1": phase1_arithmetic_ms(train_tokens, embedding, cfg), "phase2": phase2_arithmetic_ms(train, embedding, cfg, params),
+                  "cstar": cstar_arithmetic_ms(block), "lstm": lstm_arithmetic_ms(train_tokens, embedding, cfg, params)}
     shutil.rmtree(folder, ignore_errors=True)
 
     batch_tokens, seq_len = Phase1Params().batch_tokens, BaselinesParams().seq_len
     sequences = max(1, params.batch_size // seq_len)
     print(f"\nhost cost per step at tiny shapes: V {VOCAB:,}, d_e {WIDTH}, d_c {WIDTH}; CPU, threads {torch.get_num_threads()}, "
           f"phase 2 {params.precision}; median over the repeats after {WARMUP} warm-up ones")
-    print(f"{'loop':<10}{'a step':<58}{'repeats':>8}{'ms':>9}")
-    print(f"{'phase 1':<10}{f'a mini-batch of up to {batch_tokens:,} tokens ({batches} an iteration)':<58}{phase1_repeats:>8}{phase1:>9.3f}")
-    print(f"{'phase 2':<10}{f'a batch of {params.batch_size} positions':<58}{phase2_repeats:>8}{phase2:>9.3f}")
-    print(f"{'C*':<10}{f'one recurrence step of {CSTAR_DOCUMENTS} documents':<58}{cstar_repeats:>8}{cstar:>9.4f}")
-    print(f"{'LSTM':<10}{f'{sequences} sequences of {seq_len} positions':<58}{lstm_repeats:>8}{lstm:>9.3f}")
+    print(f"{'loop':<10}{'a step':<58}{'repeats':>8}{'ms':>9}{'arithmetic ms':>15}{'host share':>12}")
+    rows = (("phase 1", f"a mini-batch of up to {batch_tokens:,} tokens ({batches} an iteration)", phase1_repeats, phase1, arithmetic["phase1"]),
+            ("phase 2", f"a batch of {params.batch_size} positions", phase2_repeats, phase2, arithmetic["phase2"]),
+            ("C*", f"one recurrence step of {CSTAR_DOCUMENTS} documents", cstar_repeats, cstar, arithmetic["cstar"]),
+            ("LSTM", f"{sequences} sequences of {seq_len} positions", lstm_repeats, lstm, arithmetic["lstm"]))
+    for loop, step, repeats, ms, alone in rows:
+        print(f"{loop:<10}{step:<58}{repeats:>8}{ms:>9.4f}{alone:>15.4f}{max(0.0, 1 - alone / ms):>12.0%}")
     print(json.dumps({"phase1_ms_per_batch": round(phase1, 4), "phase2_ms_per_step": round(phase2, 4),
                       "cstar_ms_per_position_step": round(cstar, 5), "lstm_ms_per_step": round(lstm, 4),
+                      "arithmetic_ms": {loop: round(ms, 5) for loop, ms in arithmetic.items()},
                       "phase1_batches_per_iteration": batches, "phase2_batch_size": params.batch_size, "phase2_precision": params.precision,
                       "cstar_documents": CSTAR_DOCUMENTS, "lstm_sequences": sequences, "lstm_seq_len": seq_len,
                       "repeats": {"phase1": phase1_repeats, "phase2": phase2_repeats, "cstar": cstar_repeats, "lstm": lstm_repeats},

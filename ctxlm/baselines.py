@@ -180,24 +180,36 @@ class SequenceData:
         self.lengths = np.minimum(seq_len, offsets[1:][doc] - 1 - self.starts)  # (W,)
         self.skips = np.where(step == 0, 0, seq_len - stride)  # (W,)
         self.tokens = int(positions.sum())
+        self.windows = torch.from_numpy(np.stack([self.starts, self.lengths, self.skips], axis=1))  # (W, 3): what batches gather
 
     def __len__(self) -> int:
         return len(self.starts)
 
+    def to(self, device: torch.device) -> "SequenceData":
+        """Keep the ids (8 bytes a token) and the windows on `device`, where every batch is then built."""
+        self.ids, self.windows = self.ids.to(device), self.windows.to(device)
+        return self
+
     def batch(self, index: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows `index` -> (S, T) input ids (padding 0) and (S, T) targets (IGNORE where not scored)."""
-        column = torch.arange(self.seq_len)
-        start = torch.from_numpy(self.starts[index])[:, None] + column  # (S, T)
-        scored = (column < torch.from_numpy(self.lengths[index])[:, None]) & (column >= torch.from_numpy(self.skips[index])[:, None])
+        return self._gather(torch.from_numpy(np.asarray(index, dtype=np.int64)).to(self.ids.device), device)
+
+    def _gather(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        column = torch.arange(self.seq_len, device=index.device)
+        start, length, skip = self.windows[index].unbind(1)  # (S,) each
+        start = start[:, None] + column  # (S, T)
+        scored = (column < length[:, None]) & (column >= skip[:, None])
         inputs = self.ids[start.clamp(max=len(self.ids) - 1)]
         targets = torch.where(scored, self.ids[(start + 1).clamp(max=len(self.ids) - 1)], IGNORE)
         return inputs.to(device), targets.to(device)
 
     def batches(self, order: np.ndarray, sizes: int | Sequence[int], device: torch.device):
-        """The batches of consecutive windows of `order`: `sizes` windows each (an int) or the given sizes."""
+        """The batches of consecutive windows of `order`: `sizes` windows each (an int) or the given
+        sizes; built where the data is kept (`to`), the order copied there once."""
         bounds = batch_bounds(len(order), sizes)
+        order = torch.from_numpy(np.asarray(order, dtype=np.int64)).to(self.ids.device)
         for a, b in zip(bounds[:-1], bounds[1:]):
-            yield self.batch(order[a:b], device)
+            yield self._gather(order[a:b], device)
 
 
 def sequence_loss(model: BaselineLM, inputs: torch.Tensor, targets: torch.Tensor, precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,6 +252,7 @@ def train_baseline(model: BaselineLM, train: SequenceData, val: SequenceData, pa
     """Phase 2's loop on whole sequences: phase2.batch_size // seq_len of them a step; the train
     loss is measured after every epoch on seeded windows scoring as many positions as `val`."""
     sequences = max(1, params.batch_size // train.seq_len)
+    train, val = train.to(device), val.to(device)
     sample = window_sample(train, val.tokens, sample_seed)
     task = TrainingTask(
         examples=len(train), batch_examples=sequences, tokens=train.tokens,

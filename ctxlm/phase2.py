@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -78,16 +77,19 @@ def with_previous(stored: np.ndarray, index: np.ndarray, p: int) -> torch.Tensor
     return torch.cat([contexts, previous], dim=1)
 
 
-# A split is kept whole on the device (SplitData.keep_on) when it takes at most this share of the
-# device's free memory: the rest stays for the model, its activations and the optimizer.
+# A split is kept whole on a GPU (SplitData.keep_on) when it takes at most this share of the GPU's
+# free memory: the rest stays for the model, its activations and the optimizer.
 RESIDENT_SHARE = 0.25
 
 
-def free_memory(device: torch.device) -> int:
-    """Bytes free on `device`: a GPU's free memory, or the host's free physical memory."""
+def resident_budget(device: torch.device) -> int:
+    """The most bytes a split may take to be kept whole on `device`: RESIDENT_SHARE of a GPU's free
+    memory; on a CPU, LOAD_BYTES, what reading from the shards holds at a time anyway, so that the
+    process's memory stays as bounded as streaming keeps it (reading costs a CPU little; a GPU
+    pays for it with a copy and a wait every batch)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return int(RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0])
+    return LOAD_BYTES
 
 
 @dataclass
@@ -137,9 +139,9 @@ class SplitData:
 
     def keep_on(self, device: torch.device, budget: int | None = None) -> bool:
         """Load the whole split onto `device` once, when it takes at most `budget` bytes (by default
-        RESIDENT_SHARE of the device's free memory); its batches are then gathered there. Otherwise
-        (False) they keep being read from the shards, in bounded memory."""
-        budget = int(RESIDENT_SHARE * free_memory(device)) if budget is None else budget
+        resident_budget(device)); its batches are then gathered there. Otherwise (False) they keep
+        being read from the shards, in bounded memory."""
+        budget = resident_budget(device) if budget is None else budget
         if self.resident_bytes() > budget:
             return False
         cstar = stored_tensor(self.cstar.read(np.arange(len(self.cstar))))
@@ -152,7 +154,7 @@ class SplitData:
         if self.resident is None:
             resident = self.keep_on(device)
             if distributed.is_main():
-                how = f"kept on {device}" if resident else f"read from its shards (more than {RESIDENT_SHARE:.0%} of {device}'s free memory)"
+                how = f"kept on {device}" if resident else f"read from its shards (over the {resident_budget(device) / 2**20:,.0f} MiB kept whole on {device})"
                 print(f"{name}: {self.resident_bytes() / 2**20:,.1f} MiB, {how}", flush=True)
 
     def __len__(self) -> int:

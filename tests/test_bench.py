@@ -73,6 +73,7 @@ def test_smoke_overhead_bench_prints_its_json(tmp_path):
     for key in ("phase1_ms_per_batch", "phase2_ms_per_step", "cstar_ms_per_position_step", "lstm_ms_per_step"):
         assert last[key] > 0, key
     assert last["vocab"] == 1024 and last["width"] == 32 and last["cstar_documents"] == 256 and last["phase2_batch_size"] == 512
+    assert all(last["arithmetic_ms"][loop] > 0 for loop in ("phase1", "phase2", "cstar", "lstm"))
 
 def test_the_benchmark_s_cached_transformer_steps_give_its_whole_sequence_logits():
     """bench.generate times a real key/value-cache path: its logits are the full forward pass's."""

@@ -232,11 +232,14 @@ def test_a_split_kept_on_the_device_gives_the_batches_read_from_its_shards(tmp_p
             assert x.dtype == y.dtype and torch.equal(x, y)
 
 
-def test_training_on_a_split_kept_on_the_device_equals_training_on_the_shards(tmp_path, monkeypatch):
-    """The whole history and the best weights, bit for bit: the batches are the same."""
+def test_training_on_a_split_kept_on_the_device_equals_training_on_the_shards(tmp_path, monkeypatch, capsys):
+    """The whole history and the best weights, bit for bit: the batches are the same. Each run says
+    which way it reads its splits."""
     kept = train(tmp_path / "kept", seed=3)
-    monkeypatch.setattr("ctxlm.phase2.RESIDENT_SHARE", 0.0)  # no split fits: both are read from their shards
+    assert "the training split: 0.0 MiB, kept on cpu" in capsys.readouterr().out
+    monkeypatch.setattr("ctxlm.phase2.resident_budget", lambda device: 0)  # no split fits: both are read from their shards
     streamed = train(tmp_path / "streamed", seed=3)
+    assert "the training split: 0.0 MiB, read from its shards (over the 0 MiB kept whole on cpu)" in capsys.readouterr().out
     assert streamed.history == kept.history
     for key, value in kept.best_state.items():
         assert torch.equal(streamed.best_state[key], value), key
