@@ -211,7 +211,7 @@ def test_split_data_with_previous_contexts_reads_the_right_rows(tmp_path, monkey
     assert torch.equal(batched, data.batch(data.positions[order], torch.device("cpu"))[0])
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_a_split_kept_on_the_device_gives_the_batches_read_from_its_shards(tmp_path, dtype):
     """Same rows, same order, same values and dtypes: every batch of an epoch's order, previous
     contexts included, whichever way the C* is stored (documents of 3 and 1 tokens: previous
