@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 from ctxlm.config import flatten_params  # noqa: E402
 from ctxlm.curves import BASELINE_CURVES, CURVES, load_curve, metrics_dir, read_curve  # noqa: E402
 from ctxlm.errors import CtxlmError  # noqa: E402
-from ctxlm.scaling import PowerLawFit, crossings, fit_power_law  # noqa: E402
+from ctxlm.scaling import PowerLawFit, check_fit, crossings, doublings_outside, fit_power_law  # noqa: E402
 from ctxlm.experiments import (  # noqa: E402
     COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
     SEED_FAMILY, Comparison, Family, Metric, experiment_params, experiment_refs, git, parse_experiment_name, parse_full_size_name, parse_scaling_name,
@@ -37,7 +37,7 @@ from ctxlm.experiments import (  # noqa: E402
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
 FULL_SIZE_METRICS = {"ctxlm": "metrics/eval.json", "lstm": "metrics/baselines/lstm.json"}  # each model's figures in a run
-SCALING_FIGURES = ("test_ppl", "test_acc", "test_bits_per_byte", "val_ppl", "epochs_run", "best_epoch")
+SCALING_FIGURES = ("test_ppl", "test_acc", "test_bits_per_byte", "val_ppl", "train_ppl", "epochs_run", "best_epoch", "device")
 STAGE_METRICS = ("train_context", "generate_cstar", "train_token", "eval")  # ctxlm's training and scoring stages
 BEFORE_SAMPLING = Path("docs/results/before_sampling.json")  # the committed figures before each split became a seeded sample (issue 26)
 
@@ -158,6 +158,7 @@ def collect_scaling(out: Path = SCALING_RESULTS) -> int:
                       "params": experiment_params(run["commit"], name),
                       "train_tokens": tokenized.get("train_tokens", run["parsed"][1]),
                       "metrics": {key: run["metrics"][key] for key in SCALING_FIGURES if key in run["metrics"]},
+                      "devices": sorted({figures["device"] for figures in run["all_metrics"].values() if "device" in figures}),
                       "seconds": round(sum(run["all_metrics"].get(path, {}).get("seconds", 0.0) for path in SCALING_MODELS[run["parsed"][0]].timed), 1)}
     if not runs:
         print(f"ctxlm collect: no finished {SCALING_PREFIX}<model>-n<tokens> experiments in this branch's history (ctxlm scaling makes them)")
@@ -563,8 +564,17 @@ def scaling_section(runs: dict[str, dict], plot: Path) -> list[str]:
              "| training tokens | " + " | ".join(SCALING_MODELS[m].label for m in models) + " |",
              "|---:|" + "---:|" * len(models)]
     by_size = {m: dict(points[m]) for m in models}
+    train_ppl = {(run["model"], run["train_tokens"]): run["metrics"]["train_ppl"] for run in runs.values() if "train_ppl" in run["metrics"]}
     for n in sizes:
-        lines.append(f"| {n:,} | " + " | ".join(f"{by_size[m][n]:,.1f}" if n in by_size[m] else "–" for m in models) + " |")
+        lines.append(f"| {n:,} | " + " | ".join(_test_and_train(by_size[m].get(n), train_ppl.get((m, n))) for m in models) + " |")
+    lines += ["", "Each cell: test PPL, and in brackets the train PPL where the run recorded it (ctxlm's and the LSTM's on the fixed "
+              "post-epoch sample of training positions, in fp32, at the best epoch; Kneser-Ney's on the whole training split). A train PPL far under the test PPL is "
+              "overfitting; the two close together and high, underfitting."]
+    devices = sorted({device for run in runs.values() for device in run.get("devices", [])})
+    mixed = sorted(name for name, run in runs.items() if len(run.get("devices", [])) > 1)
+    if devices:
+        lines += ["", f"Devices the runs record: {'; '.join(devices)}."
+                  + (f" **Runs whose stages ran on different devices:** {', '.join(mixed)}." if mixed else "")]
     lines += ["", "| model | points | E (95% interval) | A (95% interval) | α (95% interval) | R² | seconds (all sizes) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for model in models:
         fit, seconds = fits[model], sum(r["seconds"] for r in runs.values() if r["model"] == model)
@@ -573,15 +583,16 @@ def scaling_section(runs: dict[str, dict], plot: Path) -> list[str]:
             continue
         lines.append(f"| {SCALING_MODELS[model].label} | {len(points[model])} | {_fitted(fit.E, fit.E_interval, ',.1f')} | "
                      f"{_fitted(fit.A, fit.A_interval, '.3g')} | {_fitted(fit.alpha, fit.alpha_interval, '.3f')} | {fit.r2:.4f} | {seconds:,.0f} |")
-    lines += ["", "Where the fitted curves cross (searched from 1k to 10T training tokens; beyond the measured sizes, "
-              f"{_tokens(sizes[0])} to {_tokens(sizes[-1])}, a crossing is an extrapolation of the fits):", ""]
+    lines += _fit_checks(points, models)
+    lines += ["", "Where the fitted curves cross (searched from 1k to 10T training tokens); a crossing outside the measured sizes, "
+              f"{_tokens(sizes[0])} to {_tokens(sizes[-1])}, is an extrapolation of the fits, and says how many doublings beyond them:", ""]
     for first in (m for m in ("ctxlm", "ctxlm-trained-e") if isinstance(fits.get(m), PowerLawFit)):
         for second in (m for m in models if m != first and m != "ctxlm" and isinstance(fits[m], PowerLawFit)):
             a, b = fits[first], fits[second]
             at = crossings(a, b)
             largest = sizes[-1]
             now = "below" if a(largest) < b(largest) else "above"
-            where = (f"they cross at {' and '.join(_tokens(n) for n in at)} tokens" if at
+            where = (f"they cross at {' and '.join(_crossing(n, sizes[0], largest) for n in at)}" if at
                      else f"no crossing: {SCALING_MODELS[first].label} stays {now}")
             held = [f"{SCALING_MODELS[m].label}'s {', '.join(fits[m].at_bound)}" for m in (first, second) if fits[m].at_bound]
             caveat = f" (from a fit with {' and '.join(held)} held at a bound)" if held else ""
@@ -589,6 +600,37 @@ def scaling_section(runs: dict[str, dict], plot: Path) -> list[str]:
                          f"the fit of {SCALING_MODELS[first].label} is {now} ({a(largest):,.1f} vs {b(largest):,.1f}); {where}{caveat}.")
     _plot_scaling(points, fits, plot)
     return lines + ["", f"![test PPL against training tokens]({plot.parent.name}/{plot.name})", ""]
+
+
+def _test_and_train(test: float | None, train: float | None) -> str:
+    if test is None:
+        return "–"
+    return f"{test:,.1f}" + (f" ({train:,.1f})" if train is not None else "")
+
+
+def _crossing(n: float, low: float, high: float) -> str:
+    """A crossing's size, marked as an extrapolation when outside the measured [low, high]."""
+    beyond = doublings_outside(n, low, high)
+    return f"{_tokens(n)} tokens" + (f" (an extrapolation, {beyond:.1f} doublings {'beyond the largest' if n > high else 'below the smallest'} size measured)" if beyond else "")
+
+
+def _fit_checks(points: dict[str, list[tuple[int, float]]], models: list[str]) -> list[str]:
+    """Each model's fit made again without its largest size, its prediction there against the measurement."""
+    lines = ["", "Each fit checked: made again without the model's largest size, it predicts that size; the 95% interval is "
+             "that of a new measurement (the fitted curve's uncertainty there, by the delta method, plus the points' scatter "
+             "about it). A fit whose interval misses the measurement is marked *not predictive*.", "",
+             "| model | largest size | predicted (95% interval) | measured | error | |", "|---|---:|---:|---:|---:|---|"]
+    for model in models:
+        label = SCALING_MODELS[model].label
+        try:
+            check = check_fit([n for n, _ in points[model]], [ppl for _, ppl in points[model]])
+        except (CtxlmError, RuntimeError) as err:  # fewer than 5 sizes, or no convergence
+            lines.append(f"| {label} | | no check: {err} | | | |")
+            continue
+        verdict = "predictive" if check.predictive else "*not predictive*"
+        lines.append(f"| {label} | {check.size:,.0f} | {check.predicted:,.1f} [{check.interval[0]:,.1f}, {check.interval[1]:,.1f}] | "
+                     f"{check.measured:,.1f} | {check.error:+.1%} | {verdict} |")
+    return lines
 
 
 def _fitted(value: float, interval: tuple[float, float] | None, spec: str) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import platform
 import random
 import sys
 
@@ -46,6 +47,18 @@ def pick_device() -> torch.device:
     """CUDA when available (under torchrun, this process's GPU: cuda:LOCAL_RANK); CTXLM_DEVICE=cpu|cuda|cuda:N overrides."""
     name = os.environ.get("CTXLM_DEVICE") or (f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a run's metrics record it ("cuda: NVIDIA H200", "cpu: <the CPU's model name>"),
+    so that figures made on different machines are never mixed unknowingly."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()}"
+    return f"cpu: {platform.machine()}"
 
 
 def configure_device(runtime, device: torch.device, modules: list[torch.nn.Module] = ()) -> None:

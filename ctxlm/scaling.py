@@ -31,9 +31,58 @@ class PowerLawFit:
     alpha_interval: tuple[float, float] | None
     r2: float  # of the perplexities themselves
     at_bound: tuple[str, ...] = ()  # the parameters held at a bound of the fit, by NAMES
+    covariance: np.ndarray | None = None  # of the free parameters of (E, ln A, alpha), in that order
+    residual_variance: float = 0.0  # the residuals' sum of squares / degrees of freedom
+    dof: int = 1  # points - free parameters
 
     def __call__(self, n: np.ndarray | float) -> np.ndarray | float:
         return self.E + self.A * np.power(n, -self.alpha)
+
+    def prediction_interval(self, n: float) -> tuple[float, float]:
+        """The 95% interval of a new measurement at n: the curve's own uncertainty there (the delta
+        method through the fit's covariance) plus the scatter of the points about it, Student's t."""
+        from scipy import stats
+
+        term = self.A * n ** -self.alpha
+        gradient = np.array([1.0, term, -term * math.log(n)])  # d PPL / d (E, ln A, alpha)
+        free = [i for i, name in enumerate(NAMES) if name not in self.at_bound]
+        variance = float(gradient[free] @ self.covariance @ gradient[free]) + self.residual_variance
+        half = float(stats.t.ppf(0.975, self.dof)) * math.sqrt(max(variance, 0.0))
+        centre = float(self(n))
+        return centre - half, centre + half
+
+
+@dataclass(frozen=True)
+class FitCheck:
+    """A fit made without the largest size, against what that size measured."""
+
+    size: float
+    measured: float
+    predicted: float
+    interval: tuple[float, float]  # 95%, of a new measurement (PowerLawFit.prediction_interval)
+
+    @property
+    def error(self) -> float:
+        """(predicted - measured) / measured."""
+        return (self.predicted - self.measured) / self.measured
+
+    @property
+    def predictive(self) -> bool:
+        return self.interval[0] <= self.measured <= self.interval[1]
+
+
+def check_fit(tokens, ppl) -> FitCheck:
+    """Fit every size but the largest and predict the largest: at least 5 distinct sizes."""
+    n, y = np.asarray(tokens, dtype=np.float64), np.asarray(ppl, dtype=np.float64)
+    largest = n == n.max()
+    held_out = fit_power_law(n[~largest], y[~largest])
+    size = float(n.max())
+    return FitCheck(size, float(y[largest].mean()), float(held_out(size)), held_out.prediction_interval(size))
+
+
+def doublings_outside(n: float, low: float, high: float) -> float:
+    """How many doublings n lies beyond the measured sizes [low, high] (0 inside them)."""
+    return math.log2(n / high) if n > high else math.log2(low / n) if n < low else 0.0
 
 
 def _curve(log_n: np.ndarray, E: float, log_A: float, alpha: float) -> np.ndarray:
@@ -76,7 +125,8 @@ def fit_power_law(tokens, ppl) -> PowerLawFit:
         held += newly
     residual = y - _curve(log_n, *params)
     r2 = 1.0 - float(residual @ residual) / float(((y - y.mean()) ** 2).sum())
-    t = stats.t.ppf(0.975, max(1, len(n) - len(free)))
+    dof = max(1, len(n) - len(free))
+    t = stats.t.ppf(0.975, dof)
     half = dict(zip(free, t * np.sqrt(np.clip(np.diag(covariance), 0.0, None))))
 
     def interval(i: int) -> tuple[float, float] | None:
@@ -91,7 +141,15 @@ def fit_power_law(tokens, ppl) -> PowerLawFit:
         E=float(params[0]), A=math.exp(params[1]), alpha=float(params[2]),
         E_interval=intervals[0], A_interval=intervals[1], alpha_interval=intervals[2], r2=r2,
         at_bound=tuple(NAMES[i] for i in range(3) if intervals[i] is None),
+        covariance=_free_covariance(covariance, free, [i for i in range(3) if intervals[i] is not None]),
+        residual_variance=float(residual @ residual) / dof, dof=dof,
     )
+
+
+def _free_covariance(covariance: np.ndarray, fitted: list[int], free: list[int]) -> np.ndarray:
+    """The rows and columns of `covariance` (of the `fitted` parameters) that belong to `free`."""
+    keep = [fitted.index(i) for i in free]
+    return covariance[np.ix_(keep, keep)]
 
 
 def crossings(first: PowerLawFit, second: PowerLawFit, low: float = 1e3, high: float = 1e13, grid: int = 400) -> list[float]:

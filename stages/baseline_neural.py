@@ -16,7 +16,7 @@ from ctxlm.errors import CtxlmError
 from ctxlm.metrics import count, split_figures
 from ctxlm.model import ModelConfig
 from ctxlm.phase2 import with_device_precision
-from ctxlm.runtime import configure_device, pick_device, seed_everything
+from ctxlm.runtime import configure_device, device_name, pick_device, seed_everything
 from ctxlm.shards import atomic_dir, load_token_folder, write_json_atomic, write_manifest
 from ctxlm.weights import load_trained_state, save_weights
 
@@ -67,7 +67,7 @@ def main(kind: str = typer.Argument(..., help=" | ".join(KINDS)), params_file: P
              "params_trainable": count(model, trainable_only=True),
              "params_trainable_body": count(model.body, trainable_only=True) + count(model.norm),
              "tokens_per_s": round(train.tokens * result.epochs_run / result.seconds), "precision": phase2.precision,
-             "seconds": elapsed_since(start)},
+             "device": device_name(device), "seconds": elapsed_since(start)},
         )
         print(f"baseline_neural {kind}: test ppl {figures['test_ppl']:.1f}, val ppl {figures['val_ppl']:.1f}, "
               f"{count(model, trainable_only=True):,} trainable parameters")

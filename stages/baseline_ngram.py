@@ -1,14 +1,17 @@
 """Baseline: interpolated Kneser–Ney trigram on the same token shards -> metrics/baselines/kneser_ney.json."""
 
+import math
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
 from ctxlm.metrics import split_figures
 from ctxlm.ngram import KneserNeyTrigram
+from ctxlm.runtime import device_name
 from ctxlm.shards import load_token_folder, write_json_atomic
 
 app = make_app()
@@ -27,12 +30,14 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             tokens = splits[split]
             loss, acc = model.evaluate(np.asarray(tokens.ids), tokens.offsets)
             figures.update(split_figures(split, loss, acc, int(tokens.has_next().sum()), meta[split]))
-        print(f"baseline_ngram: Kneser-Ney trigram test ppl {figures['test_ppl']:.1f}, val ppl {figures['val_ppl']:.1f}")
+        train_loss, _ = model.evaluate(np.asarray(train.ids), train.offsets)  # on the whole split it counted
+        print(f"baseline_ngram: Kneser-Ney trigram test ppl {figures['test_ppl']:.1f}, val ppl {figures['val_ppl']:.1f}, "
+              f"train ppl {math.exp(train_loss):.1f}")
         write_json_atomic(
             Path("metrics/baselines/kneser_ney.json"),
-            {**figures, "params_trainable": 0,
+            {**figures, "train_ppl": math.exp(train_loss), "params_trainable": 0,
              "ngram_types": len(model.c3.keys) + len(model.n_vw.keys) + len(model.n_w.keys),
-             "discounts": [model.d1, model.d2, model.d3], "seconds": elapsed_since(start)},
+             "discounts": [model.d1, model.d2, model.d3], "device": device_name(torch.device("cpu")), "seconds": elapsed_since(start)},
         )
 
 

@@ -10,7 +10,7 @@ from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stag
 from ctxlm.config import load_params
 from ctxlm.metrics import count, effective_rank, split_figures
 from ctxlm.phase2 import SplitData, evaluate_split
-from ctxlm.runtime import pick_device
+from ctxlm.runtime import device_name, pick_device
 from ctxlm.shards import CstarReader, load_token_folder, write_json_atomic
 from ctxlm.weights import load_context_blocks, load_token_model
 
@@ -62,6 +62,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             "params_head": head,
             "val_tokens": len(splits["val"]),
             "test_tokens": len(splits["test"]),
+            "device": device_name(device),
             "seconds": elapsed_since(start),
         }
         write_json_atomic(Path("metrics/eval.json"), metrics)

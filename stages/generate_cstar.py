@@ -8,7 +8,7 @@ from ctxlm.config import load_params
 from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cstar import write_cstar
-from ctxlm.runtime import pick_device
+from ctxlm.runtime import device_name, pick_device
 from ctxlm.shards import load_token_folder, write_json_atomic
 from ctxlm.weights import load_context_blocks
 
@@ -31,7 +31,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         print(f"generate_cstar: {rates}")
         write_json_atomic(
             Path("metrics/generate_cstar.json"),
-            {**{f"{split}_tokens": len(tokens) for split, tokens in splits.items()}, **rates, "seconds": elapsed_since(start)},
+            {**{f"{split}_tokens": len(tokens) for split, tokens in splits.items()}, **rates, "device": device_name(device), "seconds": elapsed_since(start)},
         )
 
 

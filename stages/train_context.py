@@ -11,7 +11,7 @@ from ctxlm.curves import CURVES, CurveLogger
 from ctxlm.metrics import count
 from ctxlm.model import ModelConfig
 from ctxlm.phase1 import Phase1Result, train_context_blocks
-from ctxlm.runtime import configure_device, pick_device
+from ctxlm.runtime import configure_device, device_name, pick_device
 from ctxlm.shards import atomic_dir, load_token_folder, write_json_atomic, write_manifest
 from ctxlm.weights import CONTEXT_WEIGHTS, context_state, save_weights
 
@@ -64,7 +64,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         else:
             figures = per_block[0]
         write_json_atomic(Path("metrics/train_context.json"),
-                          {**figures, "params_context_block": count(trained.blocks), "seconds": elapsed_since(start)})
+                          {**figures, "params_context_block": count(trained.blocks), "device": device_name(device), "seconds": elapsed_since(start)})
         for checkpoint in trained.checkpoints:
             checkpoint.clear()
 

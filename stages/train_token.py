@@ -11,7 +11,7 @@ from ctxlm.config import load_params
 from ctxlm.curves import CURVES, CurveLogger
 from ctxlm.model import ModelConfig, TokenModel
 from ctxlm.phase2 import SplitData, train_token_model, with_device_precision
-from ctxlm.runtime import configure_device, pick_device, seed_everything
+from ctxlm.runtime import configure_device, device_name, pick_device, seed_everything
 from ctxlm.shards import CstarReader, atomic_dir, load_token_folder, write_json_atomic, write_manifest
 from ctxlm.weights import TOKEN_WEIGHTS, save_weights
 
@@ -50,7 +50,7 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
             Path("metrics/train_token.json"),
             {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "train_ppl": best["train_ppl"],
              "train_acc": best["train_acc"], "train_sample_positions": min(len(train), len(val)), "val_ppl_at_best_epoch": best["val_ppl"], "phase2_seconds": round(result.seconds, 2), "precision": phase2.precision,
-             "tokens_per_s": round(len(train) * result.epochs_run / result.seconds), "seconds": elapsed_since(start)},
+             "tokens_per_s": round(len(train) * result.epochs_run / result.seconds), "device": device_name(device), "seconds": elapsed_since(start)},
         )
         checkpoint.clear()
 

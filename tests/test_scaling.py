@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ctxlm.errors import CtxlmError
-from ctxlm.scaling import PowerLawFit, crossings, fit_power_law
+from ctxlm.scaling import PowerLawFit, check_fit, crossings, doublings_outside, fit_power_law
 
 SIZES = np.array([25e3, 50e3, 100e3, 250e3, 500e3])
 
@@ -67,3 +67,50 @@ def test_a_parameter_on_its_bound_is_held_there_and_gets_no_interval():
     assert fit.A == pytest.approx(np.exp(log_A), rel=1e-4) and fit.alpha == pytest.approx(alpha, rel=1e-4)
     assert fit.alpha_interval == pytest.approx((alpha - half[1], alpha + half[1]), rel=1e-3)
     assert fit.A_interval == pytest.approx((np.exp(log_A - half[0]), np.exp(log_A + half[0])), rel=1e-3)
+
+
+LAW = (100.0, 5e4, 0.5)  # E, A, alpha of the simulated curves below
+DOUBLING = 3125 * 2.0 ** np.arange(6)
+
+
+def law(n):
+    E, A, alpha = LAW
+    return E + A * n**-alpha
+
+
+def test_the_held_out_largest_size_falls_in_its_prediction_interval_about_95_times_in_100():
+    """300 sets of 6 doubling sizes on a known curve with Gaussian noise (sd 3): the fit of the 5
+    smaller predicts the largest; its 95% interval must hold the measurement in 270-297 of them
+    (without the curve's own uncertainty it held 256)."""
+    rng = np.random.default_rng(0)
+    hits = sum(check_fit(DOUBLING, law(DOUBLING) + rng.normal(0, 3, len(DOUBLING))).predictive for _ in range(300))
+    assert 270 <= hits <= 297
+
+
+def test_a_new_measurement_between_the_sizes_falls_in_its_prediction_interval_about_95_times_in_100():
+    """As above, a fit of all 6 sizes and a new noisy measurement between the 3rd and 4th: without
+    the points' scatter the interval held 250 of 300."""
+    rng = np.random.default_rng(1)
+    between = 3125 * 2**2.5
+    hits = 0
+    for _ in range(300):
+        low, high = fit_power_law(DOUBLING, law(DOUBLING) + rng.normal(0, 3, len(DOUBLING))).prediction_interval(between)
+        hits += low <= law(between) + rng.normal(0, 3) <= high
+    assert 270 <= hits <= 297
+
+
+def test_a_curve_that_bends_at_its_largest_size_is_not_predictive():
+    """Five sizes exactly on the curve and the largest 20% under it: the prediction is the curve's
+    value there, 25% over the measurement, and its interval (of exact points) misses it."""
+    ppl = law(DOUBLING)
+    ppl[-1] *= 0.8
+    check = check_fit(DOUBLING, ppl)
+    assert check.size == DOUBLING[-1] and check.measured == ppl[-1]
+    assert check.predicted == pytest.approx(law(DOUBLING[-1]), rel=1e-6)
+    assert check.error == pytest.approx(0.25, rel=1e-5) and not check.predictive
+
+
+def test_doublings_outside_the_measured_sizes_by_hand():
+    assert doublings_outside(400_000, 3_125, 100_000) == pytest.approx(2.0)
+    assert doublings_outside(1_000, 3_125, 100_000) == pytest.approx(np.log2(3.125))
+    assert doublings_outside(50_000, 3_125, 100_000) == 0.0

@@ -123,7 +123,8 @@ def test_the_report_section_fits_each_model_and_finds_where_the_curves_cross(tmp
     assert "| 25,000 | 732.5 | 276.5 | 176.5 |" in text  # 100 + 1e5/158.1, 150 + 2e4/158.1, 50 + 2e4/158.1
     ctxlm = next(line for line in lines if line.startswith("| ctxlm, frozen embedding | 5 |"))
     assert "| 100.0 [" in ctxlm and "| 0.500 [" in ctxlm and "| 1.0000 | 50 |" in ctxlm  # E, alpha, R², 5 x 10 s
-    assert "Kneser-Ney trigram: at 500k tokens the fit of ctxlm, frozen embedding is above (241.4 vs 178.3); they cross at 2.56M tokens." in text
+    assert ("Kneser-Ney trigram: at 500k tokens the fit of ctxlm, frozen embedding is above (241.4 vs 178.3); they cross at 2.56M tokens "
+            "(an extrapolation, 2.4 doublings beyond the largest size measured).") in text  # log2(2.56M / 500k) = 2.36
     assert "LSTM, frozen embedding: at 500k tokens the fit of ctxlm, frozen embedding is above (241.4 vs 78.3); no crossing" in text
     assert (tmp_path / "scaling.png").stat().st_size > 0
 
@@ -141,6 +142,26 @@ def test_a_fit_held_at_a_bound_has_no_interval_there_and_its_crossings_say_so(tm
     assert "bound" not in ctxlm and ctxlm.count("[") == 3
     crossing = next(line for line in lines if line.startswith("- ctxlm, frozen embedding vs Kneser-Ney trigram"))
     assert crossing.endswith("(from a fit with Kneser-Ney trigram's E held at a bound).")
+
+def test_the_report_gives_train_ppl_beside_test_ppl_and_checks_each_fit_on_its_largest_size(tmp_path):
+    """ctxlm's largest size 20% under its curve: its check says not predictive, 25% over; the
+    LSTM's on its curve (with scatter) is predictive. A crossing inside the measured sizes is no
+    extrapolation."""
+    from ctxlm.report import scaling_section
+
+    sizes = [3_125, 6_250, 12_500, 25_000, 50_000, 100_000]
+    runs = known_runs({"ctxlm": (100.0, 1e5, 0.5), "lstm": (200.0, 1e4, 0.5)}, sizes)
+    runs[scaling_name("ctxlm", 100_000)]["metrics"]["test_ppl"] *= 0.8
+    for n, wobble in zip(sizes, [1.0, -1.5, 0.5, 2.0, -1.0, 0.5]):
+        runs[scaling_name("lstm", n)]["metrics"]["test_ppl"] += wobble
+    runs[scaling_name("ctxlm", 3_125)]["metrics"]["train_ppl"] = 1234.5
+    lines = scaling_section(runs, tmp_path / "scaling.png")
+    assert "| 3,125 | 1,888.9 (1,234.5) | 379.9 |" in lines  # 100 + 1e5/55.9; 200 + 1e4/55.9 + 1.0; the LSTM's train PPL not given
+    ctxlm = next(line for line in lines if line.startswith("| ctxlm, frozen embedding | 100,000 |"))
+    assert ctxlm.endswith("| 416.2 [416.2, 416.2] | 333.0 | +25.0% | *not predictive* |")  # 100 + 1e5/316.2; measured x 0.8
+    lstm = next(line for line in lines if line.startswith("| LSTM, frozen embedding | 100,000 |"))
+    assert lstm.endswith("| predictive |")
+
 
 def test_a_model_with_too_few_points_is_reported_without_a_fit(tmp_path):
     from ctxlm.report import scaling_section
