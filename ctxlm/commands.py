@@ -11,7 +11,7 @@ import typer
 
 from ctxlm.cli import DEBUG_OPTION, make_app, stage_run
 from ctxlm.errors import CtxlmError
-from ctxlm.experiments import FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, RESULTS, SCALING_MODELS, SCALING_SIZES, SEEDS
+from ctxlm.experiments import FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, RESULTS, SCALING_MODELS, SCALING_SIZES, SEEDS, WHOLE_SPLIT
 
 MODEL_OPTION = typer.Option("ctxlm", "--model", help="ctxlm | lstm | transformer (of this DVC workspace) or a folder from `ctxlm export`")
 
@@ -59,7 +59,8 @@ def full_size_seeds(
 
 @app.command()
 def scaling(
-    sizes: str = typer.Option(",".join(map(str, SCALING_SIZES)), "--sizes", help="training sizes in tokens, comma-separated (at least 4)"),
+    sizes: str = typer.Option(",".join(map(str, SCALING_SIZES)), "--sizes",
+                              help=f"training sizes in tokens, comma-separated (at least 4); {WHOLE_SPLIT}: the whole training split"),
     model: list[str] = typer.Option(list(SCALING_MODELS), "--model", help=" | ".join(SCALING_MODELS) + " (repeatable)"),
     switches: list[str] = typer.Option([], "-S", "--set", help="key=value for every run, e.g. -S seed=1 (repeatable)"),
     dry_run: bool = DRY_RUN_OPTION,
@@ -72,9 +73,10 @@ def scaling(
 
     with stage_run("scaling", debug):
         try:
-            asked = [int(size) for size in sizes.split(",")]
+            asked = [WHOLE_SPLIT if size.strip() == WHOLE_SPLIT else int(size) for size in sizes.split(",")]
         except ValueError:
-            raise CtxlmError(f"--sizes {sizes!r}: expected whole numbers of tokens separated by commas, e.g. 25000,50000,100000,250000") from None
+            raise CtxlmError(f"--sizes {sizes!r}: expected whole numbers of tokens (or {WHOLE_SPLIT}) separated by commas, "
+                             "e.g. 25000,50000,100000,all") from None
         run_scaling(model, asked, switches, dry_run)
 
 

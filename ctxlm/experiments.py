@@ -232,13 +232,16 @@ def experiment_refs() -> list[tuple[str, str]]:
 
 SCALING_PREFIX = "scale-"
 SCALING_RESULTS = Path("docs/results/scaling.json")
-# A factor-2 ladder over 16x, and a validation split (early stopping only; every run scores the same
-# whole test split) cut to 20,000 tokens: validating 64k tokens after every epoch costs more than
-# training at the smaller sizes. Sized to the measured cost on a 2-core AVX2 CPU, where a run of size
-# n takes about F + v*n seconds: ctxlm (frozen E) F 135 s, v 0.0174 s/token (60 phase-1 iterations,
-# 10 epochs); ctxlm (trained E, phase 1 and C* restored from DVC's run cache) 251 s, 0.0054; the LSTM
-# 90 s, 0.0091; Kneser-Ney about 20 s: the default set, about 1.6 hours; up to 100,000 tokens, 2.4.
-SCALING_SIZES = (3_125, 6_250, 12_500, 25_000, 50_000)
+# A factor-2 ladder from 3,125 tokens to 800,000, then the whole training split, and a validation
+# split (early stopping only; every run scores the same whole test split) cut to 20,000 tokens:
+# validating 64k tokens after every epoch costs more than training at the smaller sizes. On a 2-core
+# AVX2 CPU a run of size n took about F + v*n seconds up to 50,000 tokens: ctxlm (frozen E) F 135 s,
+# v 0.0174 s/token (60 phase-1 iterations, 10 epochs); ctxlm (trained E, phase 1 and C* restored from
+# DVC's run cache) 251 s, 0.0054; the LSTM 90 s, 0.0091; Kneser-Ney about 20 s. Carried to the ten
+# sizes (2.62M tokens in all), that is about 13 h for ctxlm and 7 h for the LSTM, and 1.8 h for the
+# trained-E ctxlm up to 400,000: a set for several sessions, or a GPU.
+WHOLE_SPLIT = "all"  # a size: every token of the training split
+SCALING_SIZES = (3_125, 6_250, 12_500, 25_000, 50_000, 100_000, 200_000, 400_000, 800_000, WHOLE_SPLIT)
 SCALING_SWITCHES = {"data.max_val_tokens": "20000"}
 
 
@@ -337,24 +340,30 @@ def training_tokens(params, up_to: int) -> int:
     return int(tokens.offsets[-1])
 
 
-def run_scaling(models: list[str], sizes: list[int], overrides: list[str], dry_run: bool = False) -> None:
-    """Check the sizes against the corpus, then run every (size, model) experiment that has not
+def run_scaling(models: list[str], sizes: list[int | str], overrides: list[str], dry_run: bool = False) -> None:
+    """Check the sizes against the corpus (WHOLE_SPLIT: the training split's token count), then run
+    every (size, model) experiment that has not
     already finished with the same params and the pipelines' present code, in this branch's
     experiments or among the runs collected in SCALING_RESULTS (`ctxlm scaling` resumes a set that a
     session's end cut short, even from a fresh clone, and reruns a point whose params or code changed)."""
     unknown = [m for m in models if m not in SCALING_MODELS]
     if unknown or not models:
         raise CtxlmError(f"--model {', '.join(unknown) or '(none)'}: one of {', '.join(SCALING_MODELS)}")
-    if len(set(sizes)) < 4 or min(sizes) < 2:
+    numbers = [size for size in sizes if size != WHOLE_SPLIT]
+    if len(set(sizes)) < 4 or min(numbers, default=2) < 2:
         raise CtxlmError(f"--sizes {','.join(map(str, sizes))}: give at least 4 distinct training sizes of 2 tokens or more "
                          "(a power law has 3 parameters)")
     switches = {**SCALING_SWITCHES, **parse_switches(overrides)}
     params = params_with(switches)
-    available = training_tokens(params, max(sizes))
-    if available < max(sizes):
-        raise CtxlmError(f"--sizes: {max(sizes):,} training tokens asked, but the training split of data.source "
+    whole = WHOLE_SPLIT in sizes
+    available = training_tokens(params, 10**15 if whole else max(numbers))
+    if numbers and available < max(numbers):
+        raise CtxlmError(f"--sizes: {max(numbers):,} training tokens asked, but the training split of data.source "
                          f"'{params.data.source}' holds {available:,} tokens ({params.embedding.model}'s tokenizer); "
                          f"the largest size must be at most {available:,}")
+    sizes = sorted(set(numbers) | ({available} if whole else set()))
+    if whole:
+        print(f"ctxlm scaling: {WHOLE_SPLIT} = the whole training split, {available:,} tokens", flush=True)
     newest = {name: commit for commit, name in reversed(experiment_refs())}  # name -> the baseline commit of its newest run
     collected = json.loads(SCALING_RESULTS.read_text()) if SCALING_RESULTS.is_file() else {}  # committed by earlier sessions
     code = pipeline_code()
@@ -387,12 +396,29 @@ def pipeline_code() -> list[str]:
     return sorted(paths)
 
 
+# Commits that changed the pipelines' code but no figure, one a line: "<sha> <how that was checked>".
+# A run made before such a commit stays finished work (same_code); list a commit only once its
+# figures are shown unchanged, bit for bit, e.g. by rerunning a finished run and comparing.
+RESULTS_PRESERVING = Path("docs/results/results_preserving.txt")
+
+
+def results_preserving_commits() -> list[str]:
+    if not RESULTS_PRESERVING.is_file():
+        return []
+    return [line.split()[0] for line in RESULTS_PRESERVING.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
 def same_code(commit: str, code: list[str]) -> bool:
     """Whether a run made from `commit` ran HEAD's pipelines: none of their `code` (pipeline_code())
-    changed since (a run of older code, a different sampling of the corpus say, is not finished work)."""
+    changed since, or every commit since that changed it is listed in RESULTS_PRESERVING (a run of
+    older code, a different sampling of the corpus say, is not finished work)."""
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         return False
-    return subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *code], capture_output=True).returncode == 0
+    if subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *code], capture_output=True).returncode == 0:
+        return True
+    changed = subprocess.run(["git", "log", "--format=%H", f"{commit}..HEAD", "--", *code], capture_output=True, text=True)
+    preserving = results_preserving_commits()
+    return changed.returncode == 0 and all(any(sha.startswith(listed) for listed in preserving) for sha in changed.stdout.split())
 
 
 def experiment_params(commit: str, name: str) -> dict | None:

@@ -52,6 +52,15 @@ def test_sizes_larger_than_the_training_split_stop_before_any_run(project, capsy
         run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], ["model.context_blocks=0"], dry_run=True)
 
 
+def test_all_is_the_whole_training_split(project, capsys):
+    """The default corpus's training split holds 1,024,619 MiniLM tokens (counted by tokenize on a
+    run with data.max_train_tokens above it): `all` runs that size, as any other."""
+    run_scaling(["kneser-ney"], [1000, 2000, 3000, "all"], [], dry_run=True)
+    printed = capsys.readouterr().out
+    assert "all = the whole training split, 1,024,619 tokens" in printed
+    assert f"-n {scaling_name('kneser-ney', 1_024_619)} " in printed and "-S data.max_train_tokens=1024619 " in printed
+
+
 def test_runs_finished_with_the_same_params_are_skipped(project, capsys):
     """A finished run is a git ref refs/exps/<baseline sha split 2/38>/<name> to a commit with its params.yaml (as DVC keeps it)."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -74,9 +83,10 @@ def test_runs_finished_with_the_same_params_are_skipped(project, capsys):
 
 def test_a_run_of_older_pipeline_code_is_not_finished_work_and_collected_runs_resume_a_set(project, capsys):
     """A finished run (a ref, as DVC keeps it) whose baseline commit ran other code of a stage listed
-    in dvc.yaml is run again; one recorded in the committed docs/results/scaling.json with the same
-    params and the present code is skipped, refs or not (a fresh clone has none)."""
-    from ctxlm.experiments import SCALING_RESULTS, params_with, scaling_switches
+    in dvc.yaml is run again, unless every such commit is listed as changing no figure; one recorded
+    in the committed docs/results/scaling.json with the same params and the present code is skipped,
+    refs or not (a fresh clone has none)."""
+    from ctxlm.experiments import RESULTS_PRESERVING, SCALING_RESULTS, params_with, scaling_switches
 
     (project / "stages").mkdir()
     (project / "stages/prepare.py").write_text("# version 1\n")
@@ -92,10 +102,19 @@ def test_a_run_of_older_pipeline_code_is_not_finished_work_and_collected_runs_re
     run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
     assert "2 of 4 runs already finished" in capsys.readouterr().out  # from the collected runs alone
 
+    (project / "stages/prepare.py").write_text("# version 1, faster\n")
+    sh(project, "git", "commit", "-q", "-am", "same figures", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
+    run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
+    assert "0 of 4 runs already finished" in capsys.readouterr().out
+    faster = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    RESULTS_PRESERVING.write_text(f"# commits that changed no figure\n{faster[:12]} rerun: the same test PPL to every digit\n")
+    run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
+    assert "2 of 4 runs already finished" in capsys.readouterr().out  # listed as changing no figure
+
     (project / "stages/prepare.py").write_text("# version 2: another sampling\n")
     sh(project, "git", "commit", "-q", "-am", "new code", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
     run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
-    assert "0 of 4 runs already finished" in capsys.readouterr().out
+    assert "0 of 4 runs already finished" in capsys.readouterr().out  # one unlisted commit is enough
     (project / "notes.md").write_text("not pipeline code")
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-q", "-m", "notes", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
