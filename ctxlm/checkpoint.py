@@ -21,7 +21,9 @@ import torch
 import ctxlm
 from ctxlm import distributed
 
-CHECKPOINTS = Path("data/checkpoints")
+# CTXLM_CHECKPOINTS moves them: `ctxlm scaling` points each run's outside the temporary copy that
+# `dvc exp run --temp` works in, so that a run cut short resumes where it stopped.
+CHECKPOINTS = Path(os.environ.get("CTXLM_CHECKPOINTS", "data/checkpoints"))
 STATE = "state.pt"
 
 

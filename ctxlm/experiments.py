@@ -20,6 +20,7 @@ trigram and the LSTM at several training sizes, as experiments `scale-<model>-n<
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -187,15 +188,19 @@ def full_size_commands(models: list[str], seeds: int, workspace_seed: int) -> li
             for model in models for seed in range(seeds) if seed != workspace_seed]
 
 
-def run_commands(commands: list[list[str]], dry_run: bool, prefix: str) -> None:
+def run_commands(commands: list[list[str]], dry_run: bool, prefix: str, checkpoints: Path | None = None) -> None:
     """Print and run each command, then its wall time (the figure a set's duration is measured by);
-    the first that fails is one clear error."""
+    the first that fails is one clear error. With `checkpoints`, each experiment keeps its stages'
+    checkpoints in checkpoints/<its name> (CTXLM_CHECKPOINTS), so that one cut short resumes there."""
     for i, command in enumerate(commands, 1):
+        env = dict(os.environ)
+        if checkpoints:
+            env["CTXLM_CHECKPOINTS"] = str((checkpoints / command[command.index("-n") + 1]).resolve())
         print("$ " + shlex.join(command), flush=True)
         if dry_run:
             continue
         start = time.perf_counter()
-        if code := subprocess.run(command).returncode:
+        if code := subprocess.run(command, env=env).returncode:
             raise CtxlmError(f"`{shlex.join(command)}` failed (exit status {code}; DVC's message is above). "
                              f"An experiment of the same name on this commit? Remove the old ones: dvc exp remove {prefix}...")
         print(f"ctxlm: run {i} of {len(commands)} took {time.perf_counter() - start:,.0f} s", flush=True)
@@ -232,6 +237,7 @@ def experiment_refs() -> list[tuple[str, str]]:
 
 SCALING_PREFIX = "scale-"
 SCALING_RESULTS = Path("docs/results/scaling.json")
+SCALING_CHECKPOINTS = Path("data/checkpoints/scaling")  # each run's stage checkpoints, outside its temporary copy
 # A factor-2 ladder from 3,125 tokens to 800,000, then the whole training split, and a validation
 # split (early stopping only; every run scores the same whole test split) cut to 20,000 tokens:
 # validating 64k tokens after every epoch costs more than training at the smaller sizes. On a 2-core
@@ -379,7 +385,7 @@ def run_scaling(models: list[str], sizes: list[int | str], overrides: list[str],
             todo.append(command)
     print(f"ctxlm scaling: {len(sizes) * len(models) - len(todo)} of {len(sizes) * len(models)} runs already finished with these "
           f"params and the pipelines' present code (in this branch's experiments or {SCALING_RESULTS}); {len(todo)} to run", flush=True)
-    run_commands(todo, dry_run, SCALING_PREFIX)
+    run_commands(todo, dry_run, SCALING_PREFIX, checkpoints=SCALING_CHECKPOINTS)
 
 
 PIPELINES = (Path("dvc.yaml"), Path("baselines/dvc.yaml"))

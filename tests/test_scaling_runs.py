@@ -220,3 +220,13 @@ def test_scaling_runs_collects_and_reports_on_tiny_sizes(repo: Path):
     for n, tokens_n in zip(sizes, tokens):  # the report's table holds each run's figure
         row = f"| {tokens_n:,} | {collected[scaling_name('ctxlm', n)]['metrics']['test_ppl']:,.1f} | "
         assert row + f"{collected[scaling_name('kneser-ney', n)]['metrics']['test_ppl']:,.1f} |" in section
+
+
+def test_each_scaling_run_keeps_its_checkpoints_outside_its_temporary_copy(tmp_path, capfd):
+    """run_commands gives each experiment CTXLM_CHECKPOINTS=<checkpoints>/<its name>, and the stages'
+    Checkpoint saves there: a run cut short finds them again when `ctxlm scaling` reruns it."""
+    from ctxlm.experiments import run_commands
+
+    show = "import ctxlm.checkpoint as c, os; print(c.Checkpoint('train_context', {}).folder)"
+    run_commands([[sys.executable, "-c", show, "-n", scaling_name("lstm", 800)]], False, "scale-", checkpoints=tmp_path / "runs")
+    assert capfd.readouterr().out.splitlines()[1] == str(tmp_path / "runs" / scaling_name("lstm", 800) / "train_context")
