@@ -11,7 +11,7 @@ import typer
 
 from ctxlm.cli import DEBUG_OPTION, make_app, stage_run
 from ctxlm.errors import CtxlmError
-from ctxlm.experiments import FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, RESULTS, SCALING_MODELS, SCALING_SIZES, SEEDS, WHOLE_SPLIT
+from ctxlm.experiments import FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, PROBE_RESULTS, RESULTS, SCALING_MODELS, SCALING_SIZES, SEEDS, WHOLE_SPLIT
 
 MODEL_OPTION = typer.Option("ctxlm", "--model", help="ctxlm | lstm | transformer (of this DVC workspace) or a folder from `ctxlm export`")
 
@@ -78,6 +78,52 @@ def scaling(
             raise CtxlmError(f"--sizes {sizes!r}: expected whole numbers of tokens (or {WHOLE_SPLIT}) separated by commas, "
                              "e.g. 25000,50000,100000,all") from None
         run_scaling(model, asked, switches, dry_run)
+
+
+@app.command()
+def probe(
+    train_positions: int = typer.Option(20_000, "--train-positions", help="training positions the probes learn from (whole documents, seeded)"),
+    val_positions: int = typer.Option(10_000, "--val-positions", help="validation positions they are scored on"),
+    classes: int = typer.Option(1_000, "--classes", help="the most frequent training tokens a probe names"),
+    out: Path = typer.Option(PROBE_RESULTS, "--out", help="the figures' JSON file (commit it; ctxlm report reads it)"),
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """What C* remembers: for k = 0..16, a linear probe names the token k positions back from the
+    trained C*, from the untrained ContextBlock's (phase1.max_iterations: 0), from the LSTM's hidden
+    state (when the workspace has trained it) and from the mean of the last 17 embeddings."""
+    from ctxlm.config import load_params
+    from ctxlm.inference import PROBE_DEPTH, documents_of, probe_features, probe_memory, sampled_documents
+    from ctxlm.model import ContextBlocks
+    from ctxlm.phase1 import initial_block
+    from ctxlm.shards import CstarReader, decode_cstar, load_token_folder, write_json_atomic
+    from ctxlm.weights import load_context_blocks
+
+    with stage_run("probe", debug):
+        params = load_params(Path("params.yaml"))
+        _, splits, embedding = load_token_folder(Path("data/tokens"))
+        _, cfg = load_context_blocks(Path("data/context"))
+        control = ContextBlocks(cfg, [initial_block(cfg, params.seed, j)[0] for j in range(cfg.context_blocks)]).eval()
+        lstm = None
+        if Path("data/baselines/lstm").is_dir():
+            from ctxlm.baselines import load_baseline
+            lstm = load_baseline(Path("data/baselines/lstm"), embedding)
+        else:
+            print("ctxlm probe: no data/baselines/lstm (dvc repro baselines/dvc.yaml:baseline_neural@lstm makes it): the LSTM is left out")
+        sets = {}
+        for split, wanted in (("train", train_positions), ("val", val_positions)):
+            tokens = splits[split]
+            docs, rows = documents_of(tokens.ids, tokens.offsets, sampled_documents(tokens.offsets, wanted, params.seed))
+            trained = decode_cstar(CstarReader(Path(f"data/cstar/{split}")).read(rows)).numpy()
+            sets[split] = (docs, probe_features(docs, trained, control, embedding, lstm))
+        result = probe_memory(*sets["train"], *sets["val"], classes, params.seed)
+        write_json_atomic(out, result)
+        names = [name for name in result["within_2x_of_unigram"]]
+        print(f"{'k':>3} {'unigram':>8} " + " ".join(f"{name:>10}" for name in names))
+        for row in result["by_k"]:
+            print(f"{row['k']:>3} {row['unigram_accuracy']:>8.3f} " + " ".join(f"{row[name]['accuracy']:>10.3f}" for name in names))
+        print("accuracy within 2x of the unigram guess from k = " + ", ".join(
+            f"{name}: {k if k is not None else f'beyond {PROBE_DEPTH}'}" for name, k in result["within_2x_of_unigram"].items()))
+        print(f"ctxlm probe: wrote {out}")
 
 
 @app.command()

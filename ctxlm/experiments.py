@@ -237,6 +237,7 @@ def experiment_refs() -> list[tuple[str, str]]:
 
 SCALING_PREFIX = "scale-"
 SCALING_RESULTS = Path("docs/results/scaling.json")
+PROBE_RESULTS = Path("docs/results/probe.json")  # ctxlm probe: what C* remembers
 SCALING_CHECKPOINTS = Path("data/checkpoints/scaling")  # each run's stage checkpoints, outside its temporary copy
 # A factor-2 ladder from 3,125 tokens to 800,000, then the whole training split, and a validation
 # split (early stopping only; every run scores the same whole test split) cut to 20,000 tokens:

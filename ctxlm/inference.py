@@ -28,6 +28,7 @@ from ctxlm.cstar import cstar_into
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, ContextBlocks, TokenModel, input_features, token_windows
 from ctxlm.head import head_scores
+from ctxlm.metrics import earlier_tokens, linear_probe
 from ctxlm.phase2 import example_rows, score_batches, with_previous
 from ctxlm.runtime import one_thread
 from ctxlm.shards import doc_starts, has_next
@@ -275,3 +276,93 @@ def write_scores(path, scores: Scores, tokenizer) -> None:
         path.write_text(json.dumps({"totals": totals, "tokens": rows.to_dict(orient="records")}, indent=1) + "\n")
     else:
         rows.to_csv(path, index=False)
+
+
+# What C* remembers (`ctxlm probe`): linear probes for the token k positions back, k = 0 .. PROBE_DEPTH.
+PROBE_DEPTH = 16
+BAG_TOKENS = PROBE_DEPTH + 1  # the reference: the mean embedding of t_{i-16} .. t_i, which keeps them all but not their order
+
+
+def sampled_documents(offsets: np.ndarray, positions: int, seed: int) -> np.ndarray:
+    """Whole documents in a seeded order until they hold `positions` predicted positions (or all), sorted."""
+    predicted = np.maximum(np.diff(offsets) - 1, 0)
+    order = np.random.default_rng(seed).permutation(len(predicted))
+    return np.sort(order[: int(np.searchsorted(np.cumsum(predicted[order]), positions)) + 1])
+
+
+def documents_of(ids: np.ndarray, offsets: np.ndarray, documents: np.ndarray) -> tuple[TokenizedSplit, np.ndarray]:
+    """`documents` of a split as their own TokenizedSplit, and the split's rows they came from."""
+    rows = np.concatenate([np.arange(offsets[d], offsets[d + 1]) for d in documents])
+    lengths = np.diff(offsets)[documents]
+    return TokenizedSplit(np.asarray(ids)[rows].astype(np.int32), np.concatenate([[0], np.cumsum(lengths)]), 0, 0), rows
+
+
+@torch.no_grad()
+def probe_features(docs: TokenizedSplit, trained: np.ndarray, control: ContextBlocks, embedding: torch.Tensor,
+                   lstm=None) -> dict[str, torch.Tensor]:
+    """Each representation at every predicted position of `docs` (in order): (M, features) each.
+
+    "ctxlm": the trained C* (`trained`, the split's stored rows of docs, (N, L, d_C)); "untrained":
+    the C* of `control`, the ContextBlocks as phase 1 starts them; "lstm": the LSTM's final hidden
+    state, from the windows evaluation scores it with (each position once); "bag": the mean of the
+    last BAG_TOKENS embeddings within the document."""
+    ids, offsets = torch.from_numpy(docs.ids.astype(np.int64)), docs.offsets
+    n = len(ids)
+    positions = np.flatnonzero(has_next(offsets, n))
+    starts = torch.from_numpy(doc_starts(offsets, n))
+    untrained = np.zeros((n, control.cfg.num_layers, control.cfg.cstar_dim), dtype=np.float32)
+    cstar_into(control, embedding, token_windows(ids, starts, control.cfg.num_input_tokens), offsets, untrained)
+    bag = token_windows(ids, starts, BAG_TOKENS)  # (N, BAG_TOKENS), -1 before the document
+    embedded = embedding[bag.clamp(min=0)] * (bag >= 0)[..., None]
+    features = {"ctxlm": torch.from_numpy(trained[positions].reshape(len(positions), -1)).float(),
+                "untrained": torch.from_numpy(untrained[positions].reshape(len(positions), -1)),
+                "bag": (embedded.sum(1) / (bag >= 0).sum(1, keepdim=True))[positions]}
+    if lstm is not None:
+        from ctxlm.baselines import IGNORE, SequenceData
+
+        data = SequenceData(docs, lstm.cfg.seq_len, stride=lstm.cfg.seq_len // 2)
+        hidden = torch.zeros(n, embedding.shape[1])
+        for a in range(0, len(data), 32):
+            index = np.arange(a, min(a + 32, len(data)))
+            inputs, targets = data.batch(index, torch.device("cpu"))
+            at = torch.from_numpy(data.starts[index])[:, None] + torch.arange(inputs.shape[1])  # (S, T) each column's position
+            scored = targets != IGNORE
+            hidden[at[scored]] = lstm.hidden(inputs)[scored].float()
+        features["lstm"] = hidden[positions]
+    return features
+
+
+def probe_targets(docs: TokenizedSplit, k: int) -> np.ndarray:
+    """t_{i-k} at every predicted position i of `docs` (-1 before its document)."""
+    n = len(docs.ids)
+    return earlier_tokens(docs.ids, docs.offsets, np.flatnonzero(has_next(docs.offsets, n)), k)
+
+
+def probe_memory(train: TokenizedSplit, train_features: dict[str, torch.Tensor], val: TokenizedSplit,
+                 val_features: dict[str, torch.Tensor], classes: int, seed: int) -> dict:
+    """For k = 0 .. PROBE_DEPTH and each representation: a linear probe trained on `train`'s
+    positions to name t_{i-k} among the `classes` most frequent training tokens, scored on `val`'s
+    (positions whose t_{i-k} is another token, or before the document, are left out of both; their
+    share is `coverage`). The unigram guess (always the most frequent class) is given beside, and
+    the first k at which each representation's accuracy is within 2x of it."""
+    counts = np.bincount(train.ids)
+    frequent = np.argsort(-counts, kind="stable")[:classes]
+    frequent = frequent[counts[frequent] > 0]
+    label = np.full(int(max(train.ids.max(), val.ids.max())) + 1, -1)
+    label[frequent] = np.arange(len(frequent))
+    result = {"classes": len(frequent), "train_positions": len(next(iter(train_features.values()))),
+              "val_positions": len(next(iter(val_features.values()))), "by_k": []}
+    for k in range(PROBE_DEPTH + 1):
+        train_y, val_y = (np.where(t >= 0, label[np.maximum(t, 0)], -1) for t in (probe_targets(train, k), probe_targets(val, k)))
+        train_rows, val_rows = np.flatnonzero(train_y >= 0), np.flatnonzero(val_y >= 0)
+        y_train, y_val = torch.from_numpy(train_y[train_rows]), torch.from_numpy(val_y[val_rows])
+        row = {"k": k, "coverage": len(val_rows) / len(val_y),
+               "unigram_accuracy": float(np.bincount(val_y[val_rows]).max() / len(val_rows))}
+        for name in train_features:
+            score = linear_probe(train_features[name][train_rows], y_train, val_features[name][val_rows], y_val, len(frequent), seed)
+            row[name] = {"accuracy": score.accuracy, "bits": score.bits, "epochs": score.epochs}
+        result["by_k"].append(row)
+    result["within_2x_of_unigram"] = {
+        name: next((row["k"] for row in result["by_k"] if row[name]["accuracy"] <= 2 * row["unigram_accuracy"]), None)
+        for name in train_features}
+    return result

@@ -50,16 +50,18 @@ def earlier_tokens(ids: np.ndarray, offsets: np.ndarray, positions: np.ndarray, 
 class ProbeScore:
     accuracy: float  # argmax accuracy on the scored rows
     bits: float  # mean cross-entropy on them, in bits
-    epochs: int  # epochs trained before early stopping took the best
+    epochs: int  # the epoch whose weights early stopping kept (0: the unigram start)
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, classes: int,
-                 seed: int, held_out: float = 0.1, lr: float = 0.01, batch: int = 512, max_epochs: int = 100,
+                 seed: int, held_out: float = 0.1, lr: float = 1e-3, batch: int = 512, max_epochs: int = 100,
                  patience: int = 3) -> ProbeScore:
     """Multinomial logistic regression from (n, d) features to labels in [0, classes): Adam on the
     training rows but a seeded `held_out` share of them, early-stopped on that share's loss (the best
     epoch's weights kept), then scored on the test rows. Features are standardized with the training
-    rows' mean and spread; the weights start at zero (the loss is convex: no seed enters there)."""
+    rows' mean and spread. The probe starts as the unigram guess (zero weights, the bias the log of
+    the training labels' frequencies, add-one smoothed) and that start competes as epoch 0, so
+    a representation with nothing to read scores the prior, not below it (no seed enters there)."""
     generator = torch.Generator().manual_seed(seed)
     mean, spread = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     standardize = lambda x: (x.float() - mean) / spread  # noqa: E731
@@ -68,19 +70,21 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     x, y = standardize(train_x[fit_rows]), train_y[fit_rows]
     stop_x, stop_y = standardize(train_x[stop_rows]), train_y[stop_rows]
     probe = torch.nn.Linear(train_x.shape[1], classes)
-    torch.nn.init.zeros_(probe.weight)
-    torch.nn.init.zeros_(probe.bias)
+    with torch.no_grad():
+        probe.weight.zero_()
+        probe.bias.copy_((torch.bincount(y, minlength=classes) + 1.0).log())
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr, foreach=True)
-    best, best_state, stale, epoch = math.inf, None, 0, 0
-    for epoch in range(1, max_epochs + 1):
-        for rows in torch.randperm(len(x), generator=generator).split(batch):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(probe(x[rows]), y[rows]).backward()
-            optimizer.step()
+    best, best_state, best_epoch, stale = math.inf, None, 0, 0
+    for epoch in range(max_epochs + 1):
+        if epoch:  # epoch 0: the start itself
+            for rows in torch.randperm(len(x), generator=generator).split(batch):
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(probe(x[rows]), y[rows]).backward()
+                optimizer.step()
         with torch.no_grad():
             loss = F.cross_entropy(probe(stop_x), stop_y).item()
         if loss < best:
-            best, best_state, stale = loss, {k: v.clone() for k, v in probe.state_dict().items()}, 0
+            best, best_state, best_epoch, stale = loss, {k: v.clone() for k, v in probe.state_dict().items()}, epoch, 0
         else:
             stale += 1
             if stale >= patience:
@@ -90,4 +94,4 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         logits = probe(standardize(test_x))
         bits = F.cross_entropy(logits, test_y).item() / math.log(2)
         accuracy = (logits.argmax(1) == test_y).float().mean().item()
-    return ProbeScore(accuracy, bits, epoch)
+    return ProbeScore(accuracy, bits, best_epoch)

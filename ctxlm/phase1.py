@@ -218,6 +218,13 @@ def block_seed(seed: int, block: int) -> int:
     return seed if block == 0 else int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
 
 
+def initial_block(cfg: ModelConfig, seed: int, j: int) -> tuple[ContextBlock, torch.Generator]:
+    """ContextBlock j of `cfg` as phase 1 starts it (from block_seed(seed, j)), and the generator
+    that phase 1 then draws from: untrained, it is the control of `phase1.max_iterations: 0`."""
+    generator = seed_everything(block_seed(seed, j))
+    return ContextBlock(replace(cfg, context_blocks=1)), generator
+
+
 @dataclass
 class TrainedBlocks:
     blocks: ContextBlocks
@@ -245,8 +252,8 @@ def train_context_blocks(
     trained, results, tokens, documents, checkpoints = [], [], [], [], []
     several = cfg.context_blocks > 1
     for j, (first, end) in enumerate(stream_parts(train.offsets, cfg.context_blocks)):
-        generator = seed_everything(block_seed(seed, j))
-        block = ContextBlock(replace(cfg, context_blocks=1)).to(device)
+        block, generator = initial_block(cfg, seed, j)
+        block = block.to(device)
         part_offsets = train.offsets[first : end + 1]
         rows = document_rows(train.offsets, first + sample_documents(part_offsets - part_offsets[0], params.max_tokens, block_seed(seed, j)))
         doc_starts = torch.from_numpy(train.doc_starts()[rows])

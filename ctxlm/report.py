@@ -30,7 +30,7 @@ from ctxlm.curves import BASELINE_CURVES, CURVES, load_curve, metrics_dir, read_
 from ctxlm.errors import CtxlmError  # noqa: E402
 from ctxlm.scaling import PowerLawFit, check_fit, crossings, doublings_outside, fit_power_law  # noqa: E402
 from ctxlm.experiments import (  # noqa: E402
-    COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
+    COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, PROBE_RESULTS, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
     SEED_FAMILY, Comparison, Family, Metric, experiment_params, experiment_refs, git, parse_experiment_name, parse_full_size_name, parse_scaling_name,
     pipeline_code, same_code,
 )
@@ -460,6 +460,8 @@ def write_report(out: Path = Path("docs/RESULTS.md"), results: Path = RESULTS) -
         lines += next_section(load_results(NEXT_FAMILY.results), figures / "next_val_curves.png")
     if SCALING_RESULTS.is_file():
         lines += scaling_section(scaling, figures / "scaling.png")
+    if PROBE_RESULTS.is_file():
+        lines += probe_section(json.loads(PROBE_RESULTS.read_text()), figures / "probe.png")
     out.write_text("\n".join(lines))
     print(f"ctxlm report: wrote {out} and {len(list(figures.glob('*.png')))} plots in {figures}")
 
@@ -638,6 +640,44 @@ def _fitted(value: float, interval: tuple[float, float] | None, spec: str) -> st
     if interval is None:
         return f"{value:{spec}} (at its bound: no interval)"
     return f"{value:{spec}} [{interval[0]:{spec}}, {interval[1]:{spec}}]"
+
+
+PROBED = {"ctxlm": "ctxlm's C*", "untrained": "untrained ContextBlock's C*", "lstm": "LSTM hidden state", "bag": "mean of the last 17 embeddings"}
+PROBE_TABLE_KS = (0, 1, 2, 4, 8, 16)
+
+
+def probe_section(probe: dict, plot: Path) -> list[str]:
+    """`ctxlm probe`'s figures: accuracy and bits at some k for each representation beside the
+    unigram guess, where each falls to within 2x of it, and accuracy against k plotted to `plot`."""
+    names = [name for name in PROBED if name in probe["within_2x_of_unigram"]]
+    rows = {row["k"]: row for row in probe["by_k"]}
+    lines = ["## What C* remembers", "",
+             f"`ctxlm probe` (`{PROBE_RESULTS.as_posix()}`): for each k, a linear probe (multinomial logistic regression, "
+             f"early-stopped on a held-out tenth, starting from the unigram guess) is trained on {probe['train_positions']:,} "
+             f"training positions to name t_(i-k) from the representation at position i, among the {probe['classes']:,} most "
+             f"frequent training tokens, and scored on {probe['val_positions']:,} validation positions (positions whose t_(i-k) "
+             "is another token, or before the document, are left out: `coverage`). Accuracy, then bits, by k:", "",
+             "| k | coverage | unigram guess | " + " | ".join(PROBED[n] for n in names) + " |",
+             "|---:|---:|---:|" + "---:|" * len(names)]
+    for k in (k for k in PROBE_TABLE_KS if k in rows):
+        row = rows[k]
+        lines.append(f"| {k} | {row['coverage']:.1%} | {row['unigram_accuracy']:.3f} | "
+                     + " | ".join(f"{row[n]['accuracy']:.3f} ({row[n]['bits']:.2f} bits)" for n in names) + " |")
+    lines += ["", "Accuracy falls to within 2x of the unigram guess from k = " + "; ".join(
+        f"{PROBED[n]}: {k}" if k is not None else f"{PROBED[n]}: not by k = {max(rows)}" for n, k in probe["within_2x_of_unigram"].items()
+        if n in names) + ".", "", f"![probe accuracy against k]({plot.parent.name}/{plot.name})", ""]
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    ks = sorted(rows)
+    for name in names:
+        ax.plot(ks, [rows[k][name]["accuracy"] for k in ks], "o-", label=PROBED[name], markersize=3)
+    ax.plot(ks, [rows[k]["unigram_accuracy"] for k in ks], "k--", label="unigram guess", linewidth=1)
+    ax.set_xlabel("k: the token k positions back")
+    ax.set_ylabel("probe accuracy (validation)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(plot, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return lines
 
 
 def _plot_scaling(points: dict[str, list[tuple[int, float]]], fits: dict, path: Path) -> None:

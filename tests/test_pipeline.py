@@ -138,7 +138,8 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
 
 def use_the_trained_models(repo: Path, metrics: dict) -> None:
     """ctxlm score on the test split's text gives evaluate's figures exactly; ctxlm, the LSTM and the
-    Transformer generate; an exported folder generates what the workspace does."""
+    Transformer generate; an exported folder generates what the workspace does; ctxlm probe runs on
+    the workspace with every representation."""
     documents = pd.read_parquet(repo / "data/corpus/documents.parquet")
     test = documents.loc[documents.split == "test"].sort_values("key", kind="stable")  # tokenize's order: by sampling key
     (repo / "test_split.txt").write_text("\n\n".join(test.text))  # scenes hold no blank line
@@ -151,7 +152,12 @@ def use_the_trained_models(repo: Path, metrics: dict) -> None:
     assert all(text.startswith("to be, or not") and len(text) > len("to be, or not\n") for text in texts.values()), texts
     sh(repo, sys.executable, "-m", "ctxlm", "export", str(repo.parent / "exported"))
     assert sh(repo.parent, sys.executable, "-m", "ctxlm", *prompt, "--model", "exported").stdout == texts["ctxlm"]
-    for scratch in ("test_split.txt", "scores.json"):
+    sh(repo, sys.executable, "-m", "ctxlm", "probe", "--train-positions", "3000", "--val-positions", "1200", "--classes", "30", "--out", "probe.json")
+    probe = json.loads((repo / "probe.json").read_text())
+    assert [row["k"] for row in probe["by_k"]] == list(range(17)) and set(probe["within_2x_of_unigram"]) == {"ctxlm", "untrained", "bag", "lstm"}
+    now = probe["by_k"][0]  # C*_i and the LSTM's state are computed from t_i: they name it better than the most frequent token does
+    assert now["ctxlm"]["accuracy"] > 1.3 * now["unigram_accuracy"] and now["lstm"]["accuracy"] > 0.9  # measured 0.28 vs 0.17; 1.0
+    for scratch in ("test_split.txt", "scores.json", "probe.json"):
         (repo / scratch).unlink()
 
 

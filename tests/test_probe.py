@@ -4,6 +4,7 @@ positions back, the same features shuffled, and the earlier-token targets by han
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from ctxlm.metrics import earlier_tokens, linear_probe
@@ -41,7 +42,7 @@ def test_a_probe_reads_the_token_its_features_encode_and_nothing_further_back():
     train, test = np.arange(10, 4500), np.arange(4500, 6000)
     unigram = np.bincount(ids[test], minlength=VOCAB).max() / len(test)  # the most frequent symbol's share, ~1/20
     three = probe_at(ids, x, 3, train, test)
-    assert three.accuracy > 0.99 and three.bits < 0.1
+    assert three.accuracy > 0.99 and three.bits < 0.5  # chance: log2(20) = 4.32 bits
     eight = probe_at(ids, x, 8, train, test)
     assert eight.accuracy < 2 * unigram
     assert abs(eight.bits - math.log2(VOCAB)) < 0.2  # chance: about log2(20) = 4.32 bits
@@ -54,3 +55,74 @@ def test_a_probe_of_features_shuffled_against_their_positions_is_at_chance():
     train, test = np.arange(10, 4500), np.arange(4500, 6000)
     unigram = np.bincount(ids[test], minlength=VOCAB).max() / len(test)
     assert probe_at(ids, shuffled, 3, train, test).accuracy < 2 * unigram
+
+
+def test_the_probed_representations_are_the_ones_named():
+    """Two documents (20 and 7 tokens), every predicted position (not a document's last token):
+    "ctxlm" the stored rows given; "untrained" the control's C* by the per-token loop; "bag" the
+    mean of up to 17 embeddings back within the document, by hand; "lstm" the LSTM's hidden state
+    over the document from its start (both shorter than its 32-token windows)."""
+    from conftest import make_block, make_config
+    from ctxlm.baselines import build_baseline
+    from ctxlm.cstar import naive_cstar
+    from ctxlm.inference import probe_features
+    from ctxlm.model import ContextBlocks, input_features
+    from ctxlm.tokens import TokenizedSplit
+
+    rng = np.random.default_rng(2)
+    offsets = np.array([0, 20, 27])
+    ids = rng.integers(0, 50, size=27).astype(np.int32)
+    docs = TokenizedSplit(ids, offsets, 0, 0)
+    torch.manual_seed(0)
+    embedding = torch.randn(50, 8)
+    control = ContextBlocks(make_config(), [make_block()])
+    lstm = build_baseline("lstm", make_config(), embedding, True, True, 32, 1).eval()
+    trained = rng.standard_normal((27, 2, 12)).astype(np.float32)
+    features = probe_features(docs, trained, control, embedding, lstm)
+    positions = [*range(19), *range(20, 26)]
+    assert torch.equal(features["ctxlm"], torch.from_numpy(trained[positions].reshape(25, 24)))
+    naive = torch.cat([naive_cstar(control, input_features(embedding, torch.from_numpy(ids[a:b]).long()[:, None])) for a, b in ((0, 20), (20, 27))])
+    torch.testing.assert_close(features["untrained"], naive[positions].reshape(25, 24), rtol=1e-5, atol=1e-5)
+    bag = torch.stack([embedding[ids[max(0 if i < 20 else 20, i - 16) : i + 1]].mean(0) for i in positions])
+    torch.testing.assert_close(features["bag"], bag)
+    with torch.no_grad():
+        hidden = torch.cat([lstm.hidden(torch.from_numpy(ids[a:b]).long()[None])[0] for a, b in ((0, 20), (20, 27))])
+    torch.testing.assert_close(features["lstm"], hidden[positions])
+
+
+def test_the_report_tabulates_the_probe_and_says_where_each_falls_to_the_unigram_guess(tmp_path):
+    from ctxlm.report import probe_section
+
+    def row(k, ctxlm, bag):
+        return {"k": k, "coverage": 0.5, "unigram_accuracy": 0.1,
+                "ctxlm": {"accuracy": ctxlm, "bits": 1.0, "epochs": 3}, "bag": {"accuracy": bag, "bits": 2.0, "epochs": 1}}
+
+    probe = {"classes": 1000, "train_positions": 20000, "val_positions": 10000,
+             "by_k": [row(k, max(0.1, 0.9 - 0.3 * k), 0.3) for k in range(17)], "within_2x_of_unigram": {"ctxlm": 3, "bag": None}}
+    lines = probe_section(probe, tmp_path / "probe.png")
+    assert "| 1 | 50.0% | 0.100 | 0.600 (1.00 bits) | 0.300 (2.00 bits) |" in lines
+    assert "Accuracy falls to within 2x of the unigram guess from k = ctxlm's C*: 3; mean of the last 17 embeddings: not by k = 16." in lines
+    assert (tmp_path / "probe.png").stat().st_size > 0
+
+
+def test_probe_memory_finds_the_first_k_a_representation_forgets():
+    """Features holding t_i and t_(i-1) (one-hots plus noise): near-perfect at k = 0 and 1, at
+    chance from k = 2, which is where it falls to within 2x of the unigram guess."""
+    from ctxlm.inference import PROBE_DEPTH, probe_memory
+    from ctxlm.tokens import TokenizedSplit
+
+    def split(n, seed):
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(0, VOCAB, size=n).astype(np.int32)
+        docs = TokenizedSplit(ids, np.array([0, n // 2, n]), 0, 0)
+        positions = np.flatnonzero(np.arange(n) != n // 2 - 1)[:-1]  # every token with a next one in its document
+        onehot = np.eye(VOCAB)
+        x = np.concatenate([onehot[ids], onehot[np.roll(ids, 1)]], axis=1)[positions] + 0.1 * rng.standard_normal((len(positions), 2 * VOCAB))
+        return docs, {"ctxlm": torch.from_numpy(x).float()}
+
+    result = probe_memory(*split(4000, 0), *split(2000, 1), classes=VOCAB, seed=0)
+    by_k = {row["k"]: row for row in result["by_k"]}
+    assert len(by_k) == PROBE_DEPTH + 1 and result["classes"] == VOCAB
+    assert by_k[0]["ctxlm"]["accuracy"] > 0.95 and by_k[1]["ctxlm"]["accuracy"] > 0.95
+    assert by_k[1]["coverage"] == pytest.approx(1 - 2 / 1998)  # the first position of each validation document has no t_(i-1)
+    assert result["within_2x_of_unigram"] == {"ctxlm": 2}
