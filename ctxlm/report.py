@@ -671,12 +671,7 @@ def probe_section(probe: dict, plot: Path) -> list[str]:
     for name in names:
         ax.plot(ks, [rows[k][name]["accuracy"] for k in ks], "o-", label=PROBED[name], markersize=3)
     ax.plot(ks, [rows[k]["unigram_accuracy"] for k in ks], "k--", label="unigram guess", linewidth=1)
-    ax.set_xlabel("k: the token k positions back")
-    ax.set_ylabel("probe accuracy (validation)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(plot, dpi=110, metadata={"Software": None})
-    plt.close(fig)
+    _save_single(fig, ax, plot, "k: the token k positions back", "probe accuracy (validation)")
     return lines
 
 
