@@ -179,7 +179,8 @@ class SplitData:
     def batch(self, positions: np.ndarray, device: torch.device):
         """-> (B, L + p, d_c) C* with the previous contexts, (B, k) windows, (B,) targets."""
         if self.resident is not None:
-            return self.resident.examples(torch.from_numpy(positions).to(self.resident.cstar.device, torch.int64), self.prev_contexts)
+            batch = self.resident.examples(torch.from_numpy(positions).to(self.resident.cstar.device, torch.int64), self.prev_contexts)
+            return tuple(t.to(device) for t in batch)
         stored, index = self._read(positions)
         return self._examples(positions, with_previous(stored, index, self.prev_contexts), device)
 
@@ -192,7 +193,7 @@ class SplitData:
         if self.resident is not None:
             positions = torch.from_numpy(self.positions[order]).to(self.resident.cstar.device, torch.int64)
             for a, b in zip(bounds[:-1], bounds[1:]):
-                yield self.resident.examples(positions[a:b], self.prev_contexts)
+                yield tuple(t.to(device) for t in self.resident.examples(positions[a:b], self.prev_contexts))
             return
         rows_per_example = (1 + self.prev_contexts) * self.cstar.row_bytes
         per_load = max(1, LOAD_BYTES // (rows_per_example * max(1, int(np.diff(bounds).max(initial=1)))))
