@@ -217,9 +217,10 @@ def test_scaling_runs_collects_and_reports_on_tiny_sizes(repo: Path):
     from ctxlm.report import scaling_section
 
     section = "\n".join(scaling_section(collected, repo / "scaling.png"))
-    for n, tokens_n in zip(sizes, tokens):  # the report's table holds each run's figure
-        row = f"| {tokens_n:,} | {collected[scaling_name('ctxlm', n)]['metrics']['test_ppl']:,.1f} | "
-        assert row + f"{collected[scaling_name('kneser-ney', n)]['metrics']['test_ppl']:,.1f} |" in section
+    for n, tokens_n in zip(sizes, tokens):  # the report's table holds each run's test PPL, then its train PPL
+        ctxlm, kneser_ney = (collected[scaling_name(model, n)]["metrics"] for model in ("ctxlm", "kneser-ney"))
+        assert (f"| {tokens_n:,} | {ctxlm['test_ppl']:,.1f} ({ctxlm['train_ppl']:,.1f}) | "
+                f"{kneser_ney['test_ppl']:,.1f} ({kneser_ney['train_ppl']:,.1f}) |") in section
 
 
 def test_each_scaling_run_keeps_its_checkpoints_outside_its_temporary_copy(tmp_path, capfd):
