@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctxlm.shards import document_first
+
 
 def effective_rank(rows: torch.Tensor) -> float:
     """exp(entropy(s / sum s)) over the singular values s of the (n, d) matrix `rows`."""
@@ -41,9 +43,8 @@ def split_figures(split: str, loss: float, accuracy: float, positions: int, text
 def earlier_tokens(ids: np.ndarray, offsets: np.ndarray, positions: np.ndarray, k: int) -> np.ndarray:
     """t_{i-k} for each of `positions` i (token ids `ids` of documents `offsets`), -1 where i - k
     falls before the start of i's document."""
-    first = offsets[np.searchsorted(offsets, positions, side="right") - 1]
     back = positions - k
-    return np.where(back >= first, np.asarray(ids)[np.maximum(back, 0)], -1)
+    return np.where(back >= document_first(offsets, positions), np.asarray(ids)[np.maximum(back, 0)], -1)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     mean, spread = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     standardize = lambda x: (x.float() - mean) / spread  # noqa: E731
     order = torch.randperm(len(train_x), generator=generator)
-    stop_rows, fit_rows = order[: max(1, int(held_out * len(order)))], order[max(1, int(held_out * len(order))):]
+    cut = max(1, int(held_out * len(order)))
+    stop_rows, fit_rows = order[:cut], order[cut:]
     x, y = standardize(train_x[fit_rows]), train_y[fit_rows]
     stop_x, stop_y = standardize(train_x[stop_rows]), train_y[stop_rows]
     probe = torch.nn.Linear(train_x.shape[1], classes)

@@ -20,7 +20,7 @@ from ctxlm.errors import CtxlmError
 from ctxlm.head import CHUNK, head_loss, head_scores
 from ctxlm.model import TokenModel
 from ctxlm.runtime import adam, autocast, clip_gradients, progress, release_free_memory, resolve_precision
-from ctxlm.shards import CstarReader, TokenSplit, decode_cstar, decode_rows, stored_tensor
+from ctxlm.shards import CstarReader, TokenSplit, decode_cstar, decode_rows, document_first, stored_tensor
 from ctxlm.weights import load_trained_state
 
 
@@ -61,7 +61,7 @@ def example_rows(positions: np.ndarray, offsets: np.ndarray, p: int) -> np.ndarr
 def previous_positions(positions: np.ndarray, offsets: np.ndarray, p: int) -> np.ndarray:
     """(M,) token positions -> (M, p) the positions 1 .. p before each, -1 where that is before the
     start of the position's document (`offsets`: the split's document offsets)."""
-    first = offsets[np.searchsorted(offsets, positions, side="right") - 1]  # (M,) its document's first token
+    first = document_first(offsets, positions)  # (M,)
     previous = positions[:, None].astype(np.int64) - np.arange(1, p + 1)
     return np.where(previous >= first[:, None], previous, -1)
 
@@ -145,7 +145,7 @@ class SplitData:
         if self.resident_bytes() > budget:
             return False
         cstar = stored_tensor(self.cstar.read(np.arange(len(self.cstar))))
-        first = np.repeat(self.offsets[:-1], np.diff(self.offsets)).astype(np.int32)  # (N,) the first token of each token's document
+        first = document_first(self.offsets, np.arange(len(self.cstar))).astype(np.int32)  # (N,)
         self.resident = ResidentSplit(cstar.to(device), self.windows.to(device), self.targets.to(device), torch.from_numpy(first).to(device))
         return True
 

@@ -125,6 +125,11 @@ def doc_starts(offsets: np.ndarray, n: int) -> np.ndarray:
     return starts
 
 
+def document_first(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(M,) token positions -> (M,) the first token of each one's document (`offsets`: D+1, from 0)."""
+    return offsets[np.searchsorted(offsets, positions, side="right") - 1]
+
+
 def has_next(offsets: np.ndarray, n: int) -> np.ndarray:
     """(N,) bool: True where the next token is in the same document (a training target exists)."""
     has = np.ones(n, dtype=bool)
