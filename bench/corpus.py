@@ -37,7 +37,7 @@ UNFILLABLE = 10**12  # tokens: a budget no corpus here fills
 
 
 def corpus_texts(documents: int):
-    scenes = shakespeare_documents([], []).text.tolist()
+    scenes = [scene["text"] for scene in shakespeare_documents([], [])]
     for i in range(documents):
         yield f"[{i}] " + scenes[i % len(scenes)][:2000]
 

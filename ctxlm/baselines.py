@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2Model
 
 from ctxlm import distributed
 from ctxlm.checkpoint import Checkpoint
@@ -64,6 +63,8 @@ class TransformerBody(nn.Module):
 
     def __init__(self, embed_dim: int, width: int, layers: int, seq_len: int):
         super().__init__()
+        from transformers import GPT2Config, GPT2Model  # here, not at the top: the LSTM's stage would pay ~1 s to import transformers
+
         config = GPT2Config(vocab_size=1, n_positions=seq_len, n_embd=width, n_layer=layers, n_head=HEADS,
                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
         self.inp = nn.Linear(embed_dim, width)

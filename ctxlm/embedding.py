@@ -7,6 +7,7 @@ through safetensors (or torch.load(weights_only=True) for old .bin files), never
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,6 +66,25 @@ def load_tokenizer(model_dir: Path):
         raise CtxlmError(f"embedding.model: the tokenizer in '{model_dir}' is a slow (Python) tokenizer; ctxlm needs a fast one (tokenizer.json)")
     tokenizer.model_max_length = int(1e12)  # we tokenize whole documents; the model's window is irrelevant
     return tokenizer
+
+
+def load_token_counter(model_dir: Path) -> Callable[[list[str]], list[int]]:
+    """Texts -> their token counts, from the model's tokenizer.json read by the `tokenizers` library
+    alone: what `prepare` needs to draw its sample. transformers' AutoTokenizer would import
+    transformers and torch (~2 s of a stage that uses neither). The counts are load_tokenizer's:
+    no special tokens, no truncation (a test compares the two on the whole Shakespeare corpus)."""
+    from tokenizers import Tokenizer
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise CtxlmError(f"embedding.model: '{model_dir}' has no tokenizer.json; ctxlm needs a fast tokenizer")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:
+        raise CtxlmError(f"embedding.model: cannot read the tokenizer '{path}': {err}") from None
+    tokenizer.no_truncation()  # sentence-transformers' files cut at 128 tokens; we count whole documents
+    tokenizer.no_padding()
+    return lambda texts: [len(encoding.ids) for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
 def _weight_files(model_dir: Path) -> list[Path]:

@@ -46,12 +46,14 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ctxlm.config import DataParams
 from ctxlm.errors import CtxlmError
 from ctxlm.shards import SPLITS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HF_PREFIX = "hf:"
 SMALL_CORPUS = 100  # documents: a corpus of fewer is held out in exact counts, not by independent draws
@@ -92,8 +94,8 @@ def play_scenes(markdown: str) -> list[tuple[str, str]]:
     return scenes
 
 
-def shakespeare_documents(val_plays: list[str], test_plays: list[str], order: random.Random | None = None) -> pd.DataFrame:
-    """One row per scene (split, group: the play, title, text), the plays in name order or shuffled by `order`."""
+def shakespeare_documents(val_plays: list[str], test_plays: list[str], order: random.Random | None = None) -> list[dict]:
+    """One dict per scene (split, group: the play, title, text), the plays in name order or shuffled by `order`."""
     plays = {path.stem: path for path in shakespeare_dir().glob("*/*.md")}
     for key, chosen in (("val_plays", val_plays), ("test_plays", test_plays)):
         unknown = sorted(set(chosen) - set(plays))
@@ -104,7 +106,7 @@ def shakespeare_documents(val_plays: list[str], test_plays: list[str], order: ra
         split = "val" if name in val_plays else "test" if name in test_plays else "train"
         for heading, text in play_scenes(plays[name].read_text(encoding="utf-8")):
             rows.append({"split": split, "group": name, "title": f"{name}: {heading}", "text": text})
-    return pd.DataFrame(rows, columns=["split", "group", "title", "text"])
+    return rows
 
 
 def in_order(items: Iterable, order: random.Random | None) -> list:
@@ -478,7 +480,7 @@ def iter_documents(params: DataParams, seed: int) -> Iterator[dict]:
     is yielded."""
     if params.source == "shakespeare":
         scenes = shakespeare_documents(params.val_plays, params.test_plays, random.Random(f"{seed}/order"))
-        for document in scenes.to_dict("records"):
+        for document in scenes:
             yield document | {"key": document_draws(document["text"], seed)[1]}
         return
     documents = source_documents(params.source, params.text_field, seed)
@@ -516,7 +518,9 @@ def require_every_split(counts: dict[str, int], source: str) -> None:
 
 def load_documents(params: DataParams, seed: int) -> pd.DataFrame:
     """The whole corpus as a DataFrame (split, group, title, text): for small corpora and tests;
-    `prepare` streams iter_documents instead."""
+    `prepare` streams iter_documents instead (and imports no pandas)."""
+    import pandas as pd
+
     frame = pd.DataFrame(list(iter_documents(params, seed)), columns=["split", "group", "title", "text"])
     require_every_split(frame["split"].value_counts().to_dict(), params.source)
     return frame

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,12 +111,12 @@ def share_gap(row: dict) -> float:
     return abs(row["share"] - row["region_share"])
 
 
-def sample_documents(documents: Iterable[dict], tokenizer, budgets: dict[str, int], whole_groups_held_out: bool,
+def sample_documents(documents: Iterable[dict], token_counts: Callable[[list[str]], list[int]], budgets: dict[str, int], whole_groups_held_out: bool,
                      chunk: int = 256) -> Sample:
     """Each split's seeded, uniform sample of whole documents from the region of the corpus read.
 
     `documents` (dicts with split, group, text and key, in the seeded reading order) are read a chunk
-    at a time, each one's tokens counted, until every split's documents hold its token budget or the
+    at a time, each one's tokens counted (`token_counts`: texts -> counts), until every split's documents hold its token budget or the
     corpus ends: that prefix is the region. A split keeps its documents of the region in order of
     key until their tokens reach its budget (all of them when they hold fewer): a uniform sample, as
     the keys are seeded draws. Holds four numbers a document, never its text.
@@ -132,7 +132,7 @@ def sample_documents(documents: Iterable[dict], tokenizer, budgets: dict[str, in
         while not read_to_end and any(seen[split] < budget for split, budget in budgets.items()):
             batch = list(itertools.islice(documents, chunk))
             read_to_end = len(batch) < chunk
-            lengths = map(len, tokenizer([document["text"] for document in batch], add_special_tokens=False)["input_ids"]) if batch else []
+            lengths = token_counts([document["text"] for document in batch]) if batch else []
             for document, length in zip(batch, lengths):
                 split = document["split"]
                 bar.update(max(0, min(length, budgets[split] - seen[split])))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
-from ctxlm.embedding import load_tokenizer, resolve_model_dir
+from ctxlm.embedding import load_token_counter, resolve_model_dir
 from ctxlm.shards import SPLITS, atomic_dir, write_json_atomic
 from ctxlm.sources import iter_documents, write_documents
 from ctxlm.tokens import MIX_TOLERANCE, chosen_documents, sample_documents
@@ -21,8 +21,8 @@ def main(params_file: Path = PARAMS_OPTION, debug: bool = DEBUG_OPTION) -> None:
         start = time.perf_counter()
         params = load_params(params_file)
         data = params.data
-        tokenizer = load_tokenizer(resolve_model_dir(params.embedding.model))
-        sample = sample_documents(iter_documents(data, params.seed), tokenizer, data.token_budgets,
+        token_counts = load_token_counter(resolve_model_dir(params.embedding.model))
+        sample = sample_documents(iter_documents(data, params.seed), token_counts, data.token_budgets,
                                   whole_groups_held_out=data.source == "shakespeare")
         with atomic_dir(Path("data/corpus")) as out:  # a second reading, streamed: the corpus is never held whole
             counts = write_documents(chosen_documents(iter_documents(data, params.seed), sample), out / "documents.parquet", data.source)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ctxlm.embedding import load_embedding, load_tokenizer, resolve_model_dir
+from ctxlm.embedding import load_embedding, load_token_counter, load_tokenizer, resolve_model_dir
 from ctxlm.errors import CtxlmError
 
 
@@ -61,3 +61,24 @@ def test_a_model_folder_cannot_run_code(tmp_path):
     with pytest.raises(CtxlmError, match="cannot load a tokenizer"):
         load_tokenizer(folder)
     assert not marker.exists()
+
+
+def test_the_token_counter_counts_what_the_tokenizer_makes_of_the_whole_corpus():
+    """prepare counts tokens with the `tokenizers` library alone, tokenize with transformers'
+    AutoTokenizer: on every Shakespeare scene both give the same count (the default model's
+    tokenizer.json cuts at 128 tokens unless the counter turns that off)."""
+    from ctxlm.sources import shakespeare_documents
+
+    texts = [scene["text"] for scene in shakespeare_documents([], [])]
+    model_dir = resolve_model_dir("minilm")
+    expected = [len(ids) for ids in load_tokenizer(model_dir)(texts, add_special_tokens=False)["input_ids"]]
+    assert load_token_counter(model_dir)(texts) == expected and max(expected) > 1_000
+
+
+def test_a_model_folder_without_a_tokenizer_json_cannot_count_tokens(tmp_path):
+    (tmp_path / "vocab.txt").write_text("[PAD]\nhello\n")
+    with pytest.raises(CtxlmError, match="no tokenizer.json"):
+        load_token_counter(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(CtxlmError, match="cannot read the tokenizer"):
+        load_token_counter(tmp_path)

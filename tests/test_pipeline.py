@@ -228,7 +228,7 @@ def scene_documents(count: int, lines: int) -> list[list[str]]:
     """The first `count` Shakespeare scenes, each cut to its first `lines` lines (no blank lines)."""
     from ctxlm.sources import shakespeare_documents
 
-    texts = shakespeare_documents([], []).text[:count]
+    texts = [scene["text"] for scene in shakespeare_documents([], [])[:count]]
     return [text.splitlines()[:lines] for text in texts]
 
 
