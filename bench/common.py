@@ -15,12 +15,14 @@ import numpy as np
 import torch
 
 from ctxlm.config import DataParams
-from ctxlm.cstar import cstar_into, generate_split
-from ctxlm.embedding import load_embedding, load_tokenizer, resolve_model_dir
+from ctxlm.data.embedding import load_embedding
+from ctxlm.data.files import TokenSplit, save_tokens, write_manifest
+from ctxlm.data.shards import CstarReader
+from ctxlm.data.sources import load_documents
+from ctxlm.data.tokenizer import load_tokenizer, resolve_model_dir
+from ctxlm.data.tokens import tokenize_documents
+from ctxlm.generation.cstar import cstar_into, generate_split
 from ctxlm.model import ContextBlock, ModelConfig
-from ctxlm.shards import CstarReader, TokenSplit, save_tokens, write_manifest
-from ctxlm.sources import load_documents
-from ctxlm.tokens import tokenize_documents
 from ctxlm.weights import load_context_blocks
 
 

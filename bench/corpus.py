@@ -29,7 +29,7 @@ import yaml
 
 from bench.common import run_stage, workdir
 from ctxlm.config import Params
-from ctxlm.sources import shakespeare_documents
+from ctxlm.data.sources import shakespeare_documents
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 FORMS = ("txt.gz", "jsonl.gz", "parquet", "arrow")

@@ -17,7 +17,7 @@ import torch
 import typer
 
 from bench.common import batched_cstar, context_block, offline_tokens, workdir
-from ctxlm.cstar import cstar_into, naive_cstar, split_windows
+from ctxlm.generation.cstar import cstar_into, naive_cstar, split_windows
 from ctxlm.model import input_features
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

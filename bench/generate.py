@@ -18,9 +18,9 @@ import torch
 import typer
 
 from bench.common import Timer
-from ctxlm.baselines import BaselineConfig, BaselineLM, build_baseline
 from ctxlm.config import BaselinesParams
-from ctxlm.inference import CtxlmStepper
+from ctxlm.evaluation.baselines import BaselineConfig, BaselineLM, build_baseline
+from ctxlm.generation.inference import CtxlmStepper
 from ctxlm.model import ContextBlock, ModelConfig, TokenModel, input_features
 from ctxlm.runtime import one_thread
 

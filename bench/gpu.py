@@ -31,11 +31,11 @@ import yaml
 
 from bench.common import REPO, product_rate, run_stage, synchronize, workdir
 from ctxlm.config import Phase2Params
-from ctxlm.cstar import cstar_into, split_windows
+from ctxlm.data.shards import CstarReader, load_token_folder
+from ctxlm.generation.cstar import cstar_into, split_windows
 from ctxlm.model import TokenModel
-from ctxlm.phase2 import SplitData, train_token_model
 from ctxlm.runtime import resolve_precision
-from ctxlm.shards import CstarReader, load_token_folder
+from ctxlm.training.phase2 import SplitData, train_token_model
 from ctxlm.weights import load_context_blocks
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

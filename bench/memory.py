@@ -20,8 +20,9 @@ import yaml
 
 from bench.common import random_documents, run_stage, workdir
 from ctxlm.config import Params
+from ctxlm.data.files import atomic_dir, save_tokens, write_manifest
+from ctxlm.data.shards import save_embedding
 from ctxlm.model import ContextBlock, ModelConfig
-from ctxlm.shards import atomic_dir, save_embedding, save_tokens, write_manifest
 from ctxlm.weights import CONTEXT_WEIGHTS, save_weights
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

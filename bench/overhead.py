@@ -42,15 +42,15 @@ import typer
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bench.common import cstar_shards, random_documents, workdir
-from ctxlm.baselines import SequenceData, build_baseline, sequence_loss, train_baseline
-from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import BaselinesParams, Phase1Params, Phase2Params
-from ctxlm.cstar import cstar_into, document_windows, split_windows
+from ctxlm.data.files import TokenSplit, save_tokens
+from ctxlm.evaluation.baselines import SequenceData, build_baseline, sequence_loss, train_baseline
+from ctxlm.generation.cstar import cstar_into, document_windows, split_windows
 from ctxlm.model import ContextBlock, ModelConfig, TokenModel, input_features
-from ctxlm.phase1 import oacd_loss, train_context_block
-from ctxlm.phase2 import SplitData, train_token_model, training_loss, with_device_precision
 from ctxlm.runtime import seed_everything
-from ctxlm.shards import TokenSplit, save_tokens
+from ctxlm.training.checkpoint import Checkpoint
+from ctxlm.training.phase1 import oacd_loss, train_context_block
+from ctxlm.training.phase2 import SplitData, train_token_model, training_loss, with_device_precision
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 CPU = torch.device("cpu")

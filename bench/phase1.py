@@ -14,9 +14,9 @@ import typer
 
 from bench.common import Timer, offline_tokens, workdir
 from ctxlm.config import Phase1Params
-from ctxlm.cstar import split_windows
+from ctxlm.generation.cstar import split_windows
 from ctxlm.model import ContextBlock, ModelConfig, input_features
-from ctxlm.phase1 import oacd_loss, train_context_block
+from ctxlm.training.phase1 import oacd_loss, train_context_block
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

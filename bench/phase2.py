@@ -31,10 +31,10 @@ import typer
 
 from bench.common import Timer, cstar_shards, context_block, offline_tokens, product_rate, workdir
 from ctxlm.config import BaselinesParams, Phase2Params
+from ctxlm.data.files import TokenSplit
 from ctxlm.model import ModelConfig, TokenModel
-from ctxlm.phase2 import SplitData, block_shuffled_order, evaluate_split, train_token_model
 from ctxlm.runtime import resolve_precision
-from ctxlm.shards import TokenSplit
+from ctxlm.training.phase2 import SplitData, block_shuffled_order, evaluate_split, train_token_model
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 CPU = torch.device("cpu")
@@ -134,7 +134,7 @@ def chunk_timings(model: TokenModel, train: SplitData, batch: int, precision: st
 def baseline_rates(train_tokens: TokenSplit, val_split: TokenSplit, embedding: torch.Tensor, cfg: ModelConfig, params: Phase2Params) -> dict[str, float]:
     """Training tokens/s of each neural baseline (default size, E frozen, tied) through phase 2's
     loop (train_baseline) over the bench's training tokens, one epoch; validation on 4 windows only."""
-    from ctxlm.baselines import KINDS, SequenceData, build_baseline, train_baseline
+    from ctxlm.evaluation.baselines import KINDS, SequenceData, build_baseline, train_baseline
 
     seq_len = BaselinesParams().seq_len
     rates = {}

@@ -1,4 +1,4 @@
-"""What every stage CLI shares: one-line errors and timing."""
+"""What every stage CLI shares: one-line errors, timing and progress bars. No torch: `prepare` imports it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import typer
+from tqdm import tqdm
 
 from ctxlm.errors import CtxlmError
 
@@ -60,3 +61,22 @@ def elapsed_since(start: float) -> float:
 
 def make_app() -> typer.Typer:
     return typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def process_rank() -> int:
+    """This process's rank among a stage's processes, read without importing torch: torch.distributed's
+    once torch is loaded and a group joined, else torchrun's RANK (0 for a single process)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def progress(iterable=None, **kwargs) -> tqdm:
+    """A tqdm bar with rate and ETA; in a log (no terminal) it updates every 30 s instead of live.
+    With several processes only the first shows its bars."""
+    interactive = sys.stderr.isatty()
+    kwargs.setdefault("disable", process_rank() != 0)
+    kwargs.setdefault("mininterval", 0.5 if interactive else 30.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, file=sys.stderr, **kwargs)

@@ -11,7 +11,7 @@ import typer
 
 from ctxlm.cli import DEBUG_OPTION, make_app, stage_run
 from ctxlm.errors import CtxlmError
-from ctxlm.experiments import FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, PROBE_RESULTS, RESULTS, SCALING_MODELS, SCALING_SIZES, SEEDS, WHOLE_SPLIT
+from ctxlm.results.experiments import FULL_SIZE_RESULTS, FULL_SIZE_TARGETS, PROBE_RESULTS, RESULTS, SCALING_MODELS, SCALING_SIZES, SEEDS, WHOLE_SPLIT
 
 MODEL_OPTION = typer.Option("ctxlm", "--model", help="ctxlm | lstm | transformer (of this DVC workspace) or a folder from `ctxlm export`")
 
@@ -26,7 +26,7 @@ DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="print the dvc commands, 
 @app.command("seed-experiments")
 def seed_experiments(size: list[str] = SIZE_OPTION, seeds: int = SEEDS_OPTION, dry_run: bool = DRY_RUN_OPTION, debug: bool = DEBUG_OPTION) -> None:
     """Run the seed's comparisons as named DVC experiments (reduced size, N seeds), one after the other."""
-    from ctxlm.experiments import run_seed_experiments
+    from ctxlm.results.experiments import run_seed_experiments
 
     with stage_run("seed-experiments", debug):
         run_seed_experiments(size, seeds, dry_run)
@@ -36,7 +36,7 @@ def seed_experiments(size: list[str] = SIZE_OPTION, seeds: int = SEEDS_OPTION, d
 def next_experiments(size: list[str] = SIZE_OPTION, seeds: int = SEEDS_OPTION, dry_run: bool = DRY_RUN_OPTION, debug: bool = DEBUG_OPTION) -> None:
     """Run the research's later comparisons (two ContextBlocks, previous contexts, the untrained
     control) as named DVC experiments next-<setting>-s<seed> (reduced size, N seeds)."""
-    from ctxlm.experiments import NEXT_FAMILY, run_seed_experiments
+    from ctxlm.results.experiments import NEXT_FAMILY, run_seed_experiments
 
     with stage_run("next-experiments", debug):
         run_seed_experiments(size, seeds, dry_run, NEXT_FAMILY)
@@ -51,7 +51,7 @@ def full_size_seeds(
 ) -> None:
     """Run ctxlm and the LSTM at full size with the other seeds, one after the other, as named DVC experiments."""
     from ctxlm.config import load_params
-    from ctxlm.experiments import FULL_PREFIX, full_size_commands, run_commands
+    from ctxlm.results.experiments import FULL_PREFIX, full_size_commands, run_commands
 
     with stage_run("full-size-seeds", debug):
         run_commands(full_size_commands(model, seeds, load_params(Path("params.yaml")).seed), dry_run, FULL_PREFIX)
@@ -69,7 +69,7 @@ def scaling(
     """Run each model at each training size (data.max_train_tokens) as DVC experiments scale-<model>-n<tokens>,
     the same validation and test tokens for all, smallest size first; runs already finished are skipped.
     Then `ctxlm collect` and `ctxlm report` fit PPL(n) = E + A n^-alpha to each model and plot the curves."""
-    from ctxlm.experiments import run_scaling
+    from ctxlm.results.experiments import run_scaling
 
     with stage_run("scaling", debug):
         try:
@@ -92,10 +92,11 @@ def probe(
     trained C*, from the untrained ContextBlock's (phase1.max_iterations: 0), from the LSTM's hidden
     state (when the workspace has trained it) and from the mean of the last 17 embeddings."""
     from ctxlm.config import load_params
-    from ctxlm.inference import PROBE_DEPTH, documents_of, probe_features, probe_memory, sampled_documents
+    from ctxlm.data.files import write_json_atomic
+    from ctxlm.data.shards import CstarReader, decode_cstar, load_token_folder
+    from ctxlm.generation.inference import PROBE_DEPTH, documents_of, probe_features, probe_memory, sampled_documents
     from ctxlm.model import ContextBlocks
-    from ctxlm.phase1 import initial_block
-    from ctxlm.shards import CstarReader, decode_cstar, load_token_folder, write_json_atomic
+    from ctxlm.training.phase1 import initial_block
     from ctxlm.weights import load_context_blocks
 
     with stage_run("probe", debug):
@@ -105,7 +106,7 @@ def probe(
         control = ContextBlocks(cfg, [initial_block(cfg, params.seed, j)[0] for j in range(cfg.context_blocks)]).eval()
         lstm = None
         if Path("data/baselines/lstm").is_dir():
-            from ctxlm.baselines import load_baseline
+            from ctxlm.evaluation.baselines import load_baseline
             lstm = load_baseline(Path("data/baselines/lstm"), embedding)
         else:
             print("ctxlm probe: no data/baselines/lstm (dvc repro baselines/dvc.yaml:baseline_neural@lstm makes it): the LSTM is left out")
@@ -132,8 +133,8 @@ def collect(out: Path = typer.Option(RESULTS, help="the seed experiments' JSON f
             debug: bool = DEBUG_OPTION) -> None:
     """Write the seed experiments', the research's later comparisons', the full-size seeds' and the
     scaling runs' metrics (and curves) from DVC to JSON files that travel with the repository."""
-    from ctxlm.experiments import NEXT_FAMILY
-    from ctxlm.report import collect_experiments, collect_full_size, collect_scaling
+    from ctxlm.results.experiments import NEXT_FAMILY
+    from ctxlm.results.report import collect_experiments, collect_full_size, collect_scaling
 
     with stage_run("collect", debug):
         others = (collect_full_size(full_size_out) + collect_scaling()
@@ -146,7 +147,7 @@ def report(out: Path = typer.Option(Path("docs/RESULTS.md"), help="the Markdown 
            results: Path = typer.Option(RESULTS, help="the collected experiments (ctxlm collect)"),
            debug: bool = DEBUG_OPTION) -> None:
     """Write docs/RESULTS.md and its plots from the collected seed experiments and the committed metrics."""
-    from ctxlm.report import write_report
+    from ctxlm.results.report import write_report
 
     with stage_run("report", debug):
         write_report(out, results)
@@ -166,8 +167,8 @@ def generate(
 ) -> None:
     """Continue PROMPT with a trained model, printing the text as it comes: the prompt is read once,
     then each new token one recurrence step (ctxlm's cost per token does not grow with the text)."""
-    from ctxlm.export import load_model
-    from ctxlm.inference import Sampling, generate_ids, stream_text
+    from ctxlm.generation.export import load_model
+    from ctxlm.generation.inference import Sampling, generate_ids, stream_text
 
     with stage_run("generate", debug, timing=False):
         sampling = Sampling(temperature, top_k, top_p, greedy)
@@ -192,9 +193,9 @@ def score(
     """Score a text with a trained ctxlm: each token's log-probability and surprisal, and the totals
     (perplexity, accuracy, bits per byte). Documents are cut as `data.source` cuts a corpus, and the
     context resets at each; a document's first token is not predicted (as in evaluate)."""
-    from ctxlm.export import load_model
-    from ctxlm.inference import score_tokens, text_to_documents, write_scores
-    from ctxlm.tokens import tokenize_documents
+    from ctxlm.data.tokens import tokenize_documents
+    from ctxlm.generation.export import load_model
+    from ctxlm.generation.inference import score_tokens, text_to_documents, write_scores
 
     with stage_run("score", debug, timing=False):
         if out is not None and out.suffix not in (".csv", ".json"):
@@ -217,7 +218,7 @@ def score(
 def export(out: Path = typer.Argument(..., help="the folder to write (a folder of an earlier export is replaced; any other existing folder is refused)"), debug: bool = DEBUG_OPTION) -> None:
     """Write the workspace's trained ctxlm (after `dvc repro`) to a self-contained folder: safetensors
     weights, the embedding, the tokenizer, config.json and a model card; `--model OUT` loads it."""
-    from ctxlm.export import export_model
+    from ctxlm.generation.export import export_model
 
     with stage_run("export", debug):
         config = export_model(out, f"ctxlm export {out}")

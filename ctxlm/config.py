@@ -19,7 +19,7 @@ class _Section(BaseModel):
 class DataParams(_Section):
     source: str = Field("shakespeare", min_length=1)
     """'shakespeare' (offline default), a text or record file or folder, a save_to_disk folder[:split], or
-    'hf:<id or folder>[:<split>]': the forms in ctxlm/sources.py and docs/corpora.md."""
+    'hf:<id or folder>[:<split>]': the forms in ctxlm/data/sources.py and docs/corpora.md."""
     text_field: str = Field("text", min_length=1)
     """The field or column of a record (JSONL, Parquet, Arrow, datasets) that holds its text; records
     without it are read from their UltraChat-style `messages`."""

@@ -1,4 +1,4 @@
-"""Device, seeding, precision and progress helpers shared by the training code."""
+"""Device, seeding and precision helpers shared by the training code."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import ctypes.util
 import os
 import platform
 import random
-import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ctxlm import distributed
 
@@ -108,16 +106,6 @@ def autocast(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def progress(iterable=None, **kwargs) -> tqdm:
-    """A tqdm bar with rate and ETA; in a log (no terminal) it updates every 30 s instead of live.
-    With several processes only the first shows its bars."""
-    interactive = sys.stderr.isatty()
-    kwargs.setdefault("disable", not distributed.is_main())
-    kwargs.setdefault("mininterval", 0.5 if interactive else 30.0)
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, file=sys.stderr, **kwargs)
 
 
 @contextlib.contextmanager

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from ctxlm.data.files import read_manifest
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlocks, ModelConfig, TokenModel
-from ctxlm.shards import read_manifest
 
 CONTEXT_WEIGHTS = "context_block.safetensors"
 TOKEN_WEIGHTS = "token_model.safetensors"

@@ -6,18 +6,19 @@ from pathlib import Path
 
 import typer
 
-from ctxlm.baselines import BASELINE_WEIGHTS, KINDS, SequenceData, baseline_metadata, build_baseline, evaluate_sequences, train_baseline
 from ctxlm import distributed
-from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
-from ctxlm.curves import BASELINE_CURVES, CurveLogger
+from ctxlm.data.files import atomic_dir, write_json_atomic, write_manifest
+from ctxlm.data.shards import load_token_folder
 from ctxlm.errors import CtxlmError
-from ctxlm.metrics import count, split_figures
+from ctxlm.evaluation.baselines import BASELINE_WEIGHTS, KINDS, SequenceData, baseline_metadata, build_baseline, evaluate_sequences, train_baseline
+from ctxlm.evaluation.metrics import count, split_figures
 from ctxlm.model import ModelConfig
-from ctxlm.phase2 import with_device_precision
 from ctxlm.runtime import configure_device, device_name, pick_device, seed_everything
-from ctxlm.shards import atomic_dir, load_token_folder, write_json_atomic, write_manifest
+from ctxlm.training.checkpoint import Checkpoint, folder_digest
+from ctxlm.training.curves import BASELINE_CURVES, CurveLogger
+from ctxlm.training.phase2 import with_device_precision
 from ctxlm.weights import load_trained_state, save_weights
 
 app = make_app()

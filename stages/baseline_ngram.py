@@ -9,10 +9,11 @@ import torch
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
-from ctxlm.metrics import split_figures
-from ctxlm.ngram import KneserNeyTrigram
+from ctxlm.data.files import write_json_atomic
+from ctxlm.data.shards import load_token_folder
+from ctxlm.evaluation.metrics import split_figures
+from ctxlm.evaluation.ngram import KneserNeyTrigram
 from ctxlm.runtime import device_name
-from ctxlm.shards import load_token_folder, write_json_atomic
 
 app = make_app()
 

@@ -8,10 +8,11 @@ import numpy as np
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
-from ctxlm.metrics import count, effective_rank, split_figures
-from ctxlm.phase2 import SplitData, evaluate_split
+from ctxlm.data.files import write_json_atomic
+from ctxlm.data.shards import CstarReader, load_token_folder
+from ctxlm.evaluation.metrics import count, effective_rank, split_figures
 from ctxlm.runtime import device_name, pick_device
-from ctxlm.shards import CstarReader, load_token_folder, write_json_atomic
+from ctxlm.training.phase2 import SplitData, evaluate_split
 from ctxlm.weights import load_context_blocks, load_token_model
 
 app = make_app()

@@ -3,13 +3,14 @@
 import time
 from pathlib import Path
 
+from ctxlm import distributed
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
-from ctxlm import distributed
-from ctxlm.checkpoint import Checkpoint, folder_digest
-from ctxlm.cstar import write_cstar
+from ctxlm.data.files import write_json_atomic
+from ctxlm.data.shards import load_token_folder
+from ctxlm.generation.cstar import write_cstar
 from ctxlm.runtime import device_name, pick_device
-from ctxlm.shards import load_token_folder, write_json_atomic
+from ctxlm.training.checkpoint import Checkpoint, folder_digest
 from ctxlm.weights import load_context_blocks
 
 app = make_app()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
-from ctxlm.embedding import load_token_counter, resolve_model_dir
-from ctxlm.shards import SPLITS, atomic_dir, write_json_atomic
-from ctxlm.sources import iter_documents, write_documents
-from ctxlm.tokens import MIX_TOLERANCE, chosen_documents, sample_documents
+from ctxlm.data.files import SPLITS, atomic_dir, write_json_atomic
+from ctxlm.data.sources import iter_documents, write_documents
+from ctxlm.data.tokenizer import load_token_counter, resolve_model_dir
+from ctxlm.data.tokens import MIX_TOLERANCE, chosen_documents, sample_documents
 
 app = make_app()
 

@@ -7,12 +7,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
+from ctxlm.cli import progress
 from ctxlm.config import load_params
-from ctxlm.embedding import check_vocab, load_embedding, load_tokenizer, resolve_model_dir
+from ctxlm.data.embedding import check_vocab, load_embedding
+from ctxlm.data.files import atomic_dir, save_tokens, write_json_atomic, write_manifest
+from ctxlm.data.shards import save_embedding
+from ctxlm.data.tokenizer import load_tokenizer, resolve_model_dir
+from ctxlm.data.tokens import SplitTokenizer
 from ctxlm.errors import CtxlmError
-from ctxlm.runtime import progress
-from ctxlm.shards import atomic_dir, save_embedding, save_tokens, write_json_atomic, write_manifest
-from ctxlm.tokens import SplitTokenizer
 
 app = make_app()
 CORPUS = Path("data/corpus/documents.parquet")

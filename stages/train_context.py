@@ -4,15 +4,16 @@ import time
 from pathlib import Path
 
 from ctxlm import distributed
-from ctxlm.checkpoint import folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
-from ctxlm.curves import CURVES, CurveLogger
-from ctxlm.metrics import count
+from ctxlm.data.files import atomic_dir, write_json_atomic, write_manifest
+from ctxlm.data.shards import load_token_folder
+from ctxlm.evaluation.metrics import count
 from ctxlm.model import ModelConfig
-from ctxlm.phase1 import Phase1Result, train_context_blocks
 from ctxlm.runtime import configure_device, device_name, pick_device
-from ctxlm.shards import atomic_dir, load_token_folder, write_json_atomic, write_manifest
+from ctxlm.training.checkpoint import folder_digest
+from ctxlm.training.curves import CURVES, CurveLogger
+from ctxlm.training.phase1 import Phase1Result, train_context_blocks
 from ctxlm.weights import CONTEXT_WEIGHTS, context_state, save_weights
 
 app = make_app()

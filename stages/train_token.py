@@ -5,14 +5,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from ctxlm import distributed
-from ctxlm.checkpoint import Checkpoint, folder_digest
 from ctxlm.cli import DEBUG_OPTION, PARAMS_OPTION, elapsed_since, make_app, stage_run
 from ctxlm.config import load_params
-from ctxlm.curves import CURVES, CurveLogger
+from ctxlm.data.files import atomic_dir, write_json_atomic, write_manifest
+from ctxlm.data.shards import CstarReader, load_token_folder
 from ctxlm.model import ModelConfig, TokenModel
-from ctxlm.phase2 import SplitData, train_token_model, with_device_precision
 from ctxlm.runtime import configure_device, device_name, pick_device, seed_everything
-from ctxlm.shards import CstarReader, atomic_dir, load_token_folder, write_json_atomic, write_manifest
+from ctxlm.training.checkpoint import Checkpoint, folder_digest
+from ctxlm.training.curves import CURVES, CurveLogger
+from ctxlm.training.phase2 import SplitData, train_token_model, with_device_precision
 from ctxlm.weights import TOKEN_WEIGHTS, save_weights
 
 app = make_app()

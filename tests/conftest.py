@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
+from ctxlm.data.files import save_tokens, TokenSplit
 from ctxlm.model import ContextBlock, ModelConfig
-from ctxlm.shards import save_tokens, TokenSplit
 
 
 @pytest.fixture(autouse=True)

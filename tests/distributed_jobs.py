@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from ctxlm import distributed
-from ctxlm.checkpoint import Checkpoint
-from ctxlm.baselines import SequenceData, build_baseline, train_baseline
 from ctxlm.config import CstarParams, Phase1Params, Phase2Params
-from ctxlm.cstar import write_cstar
-from ctxlm.phase1 import train_context_block
+from ctxlm.evaluation.baselines import SequenceData, build_baseline, train_baseline
+from ctxlm.generation.cstar import write_cstar
 from ctxlm.model import ModelConfig, TokenModel
-from ctxlm.phase2 import train_token_model, training_loss
+from ctxlm.training.checkpoint import Checkpoint
+from ctxlm.training.phase1 import train_context_block
+from ctxlm.training.phase2 import train_token_model, training_loss
 from conftest import make_block, make_token_split
 from test_phase2 import setup
 
@@ -52,8 +52,8 @@ def phase2(out: Path, data) -> dict:
                 os.kill(os.getpid(), signal.SIGKILL)
             return training_loss(*args, **kwargs)
 
-        import ctxlm.phase2
-        ctxlm.phase2.training_loss = dying
+        import ctxlm.training.phase2
+        ctxlm.training.phase2.training_loss = dying
     torch.manual_seed(3)
     model = TokenModel(cfg, embedding, weight_tying=True, freeze_embedding=False)
     epochs = int(os.environ.get("EPOCHS", "1"))

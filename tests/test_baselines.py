@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import bf16_head_loss
-from ctxlm.baselines import IGNORE, KINDS, SequenceData, TransformerBody, build_baseline, evaluate_sequences, sequence_loss, train_baseline
 from ctxlm.config import Phase2Params
-from ctxlm.metrics import count
+from ctxlm.data.files import TokenSplit, save_tokens
+from ctxlm.evaluation.baselines import IGNORE, KINDS, SequenceData, TransformerBody, build_baseline, evaluate_sequences, sequence_loss, train_baseline
+from ctxlm.evaluation.metrics import count
 from ctxlm.model import ModelConfig
-from ctxlm.shards import TokenSplit, save_tokens
 
 CPU = torch.device("cpu")
 
@@ -99,7 +99,7 @@ def test_each_baseline_learns_and_beats_a_unigram_model(tmp_path, kind):
 def test_the_lstm_runs_under_bf16_autocast_on_any_cpu():
     """oneDNN has no bf16 LSTM without AVX-512 ('could not create a primitive descriptor'): the body
     runs its recurrence in fp32, so phase2.precision: bf16 works on every CPU and gives the fp32 result."""
-    from ctxlm.baselines import LSTMBody
+    from ctxlm.evaluation.baselines import LSTMBody
 
     torch.manual_seed(0)
     body = LSTMBody(16, 8)
@@ -147,7 +147,7 @@ def test_precision_auto_resolves_to_one_the_device_runs_natively(monkeypatch):
 
 
 def test_the_baseline_train_loss_is_measured_on_seeded_windows_after_the_epoch(tmp_path):
-    from ctxlm.baselines import window_sample
+    from ctxlm.evaluation.baselines import window_sample
 
     rng = np.random.default_rng(0)
     for split, lengths in (("train", [60, 45, 80]), ("val", [30, 25])):
@@ -171,9 +171,9 @@ def test_the_baseline_train_loss_is_measured_on_seeded_windows_after_the_epoch(t
 @pytest.mark.parametrize("weight_tying, freeze_embedding", [(True, True), (False, False)])
 def test_a_saved_baseline_loads_back_with_the_same_outputs(tmp_path, kind, weight_tying, freeze_embedding):
     """What baseline_neural saves (its trained state, without a frozen E) rebuilds the same model."""
-    from ctxlm.baselines import BASELINE_WEIGHTS, baseline_metadata, load_baseline
-    from ctxlm.phase2 import trained_state
-    from ctxlm.shards import write_manifest
+    from ctxlm.data.files import write_manifest
+    from ctxlm.evaluation.baselines import BASELINE_WEIGHTS, baseline_metadata, load_baseline
+    from ctxlm.training.phase2 import trained_state
     from ctxlm.weights import save_weights
 
     cfg = ModelConfig(vocab_size=50, embed_dim=16, context_dim=16)

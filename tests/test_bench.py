@@ -80,7 +80,7 @@ def test_the_benchmark_s_cached_transformer_steps_give_its_whole_sequence_logits
     import torch
 
     from bench.generate import CachedTransformer
-    from ctxlm.baselines import build_baseline
+    from ctxlm.evaluation.baselines import build_baseline
     from ctxlm.model import ModelConfig
 
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def test_the_phase1_benchmark_s_plain_loop_is_phase_1_with_several_layers():
     from bench.phase1 import plain_loop
     from conftest import make_block
     from ctxlm.config import Phase1Params
-    from ctxlm.phase1 import train_context_block
+    from ctxlm.training.phase1 import train_context_block
 
     x = torch.randn(40, 8)
     starts = torch.zeros(40, dtype=torch.bool)

@@ -7,12 +7,13 @@ import torch
 
 from conftest import Dying, Killed, make_config, make_token_split
 from ctxlm.config import Phase1Params
-from ctxlm.cstar import cstar_into, generate_split, naive_cstar
+from ctxlm.data.files import write_manifest
+from ctxlm.data.shards import CstarReader
 from ctxlm.errors import CtxlmError
-from ctxlm.inference import CtxlmStepper
+from ctxlm.generation.cstar import cstar_into, generate_split, naive_cstar
+from ctxlm.generation.inference import CtxlmStepper
 from ctxlm.model import ContextBlock, ContextBlocks, ModelConfig, TokenModel, input_features, token_windows
-from ctxlm.phase1 import block_seed, stream_parts, train_context_block, train_context_blocks
-from ctxlm.shards import CstarReader, write_manifest
+from ctxlm.training.phase1 import block_seed, stream_parts, train_context_block, train_context_blocks
 from ctxlm.weights import CONTEXT_WEIGHTS, context_state, load_context_blocks, save_weights
 
 
@@ -127,11 +128,11 @@ def test_a_run_killed_in_the_second_block_keeps_the_first(tmp_path, monkeypatch)
     for checkpoint in whole.checkpoints:
         checkpoint.clear()
     dying = Dying(train_context_block, kill_at=2)
-    monkeypatch.setattr("ctxlm.phase1.train_context_block", dying)
+    monkeypatch.setattr("ctxlm.training.phase1.train_context_block", dying)
     with pytest.raises(Killed):
         train_context_blocks(cfg, embedding, tokens, phase1_params(), 0, torch.device("cpu"), {})
     counting = Dying(train_context_block, kill_at=None)
-    monkeypatch.setattr("ctxlm.phase1.train_context_block", counting)
+    monkeypatch.setattr("ctxlm.training.phase1.train_context_block", counting)
     resumed = train_context_blocks(cfg, embedding, tokens, phase1_params(), 0, torch.device("cpu"), {})
     assert counting.calls == 1  # block 0 came from its checkpoint
     assert all(torch.equal(a, b) for a, b in zip(resumed.blocks.state_dict().values(), whole.blocks.state_dict().values()))

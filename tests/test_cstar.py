@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from conftest import Dying, Killed, make_block, make_token_split
-from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import CstarParams
+from ctxlm.training.checkpoint import Checkpoint
 from bench.common import batched_cstar
-from ctxlm.cstar import cstar_into, generate_split, naive_cstar, shard_ranges, split_windows, write_cstar
+from ctxlm.data.files import write_manifest
+from ctxlm.data.shards import CstarReader
 from ctxlm.errors import CtxlmError
+from ctxlm.generation.cstar import cstar_into, generate_split, naive_cstar, shard_ranges, split_windows, write_cstar
 from ctxlm.model import input_features, token_windows
-from ctxlm.shards import CstarReader, write_manifest
 
 
 def random_docs(block, lengths, dtype):
@@ -43,7 +44,7 @@ def test_batched_equals_naive_in_float64(all_layers, k):
 
 def test_long_documents_and_many_short_ones_together(monkeypatch):
     """The batch shrinks as documents end and the hoisting window adapts to the batch width."""
-    monkeypatch.setattr("ctxlm.cstar.HOISTED_ROWS", 50)
+    monkeypatch.setattr("ctxlm.generation.cstar.HOISTED_ROWS", 50)
     block = make_block(torch.float64, num_layers=2, num_input_tokens=2)
     assert max_diff_to_naive(block, [3] * 30 + [200, 1, 77], torch.float64) < 1e-9
 
@@ -118,7 +119,7 @@ def test_write_cstar_resumes_after_the_last_complete_shard(tmp_path, monkeypatch
     shards = sorted(p.name for p in (tmp_path / "reference/val").glob("shard-*.npy"))
     assert len(shards) == 3 and not (tmp_path / "checkpoints-reference/generate_cstar").exists()
     dying = Dying(cstar_into, kill_at=3)
-    monkeypatch.setattr("ctxlm.cstar.cstar_into", dying)
+    monkeypatch.setattr("ctxlm.generation.cstar.cstar_into", dying)
     with pytest.raises(Killed):
         write("out")
     assert not (tmp_path / "out").exists()
@@ -134,7 +135,7 @@ def test_write_cstar_resumes_after_the_last_complete_shard(tmp_path, monkeypatch
 def test_write_cstar_refuses_when_the_disk_is_short(tmp_path, monkeypatch):
     tokens = make_token_split(tmp_path, [300, 200])
     block = make_block(torch.float32)
-    monkeypatch.setattr("ctxlm.cstar.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr("ctxlm.generation.cstar.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(CtxlmError, match=r"C\* \(500 tokens x 2 layer\(s\) x 12 x float16, and DVC's cache copy\) needs 46.9 KiB but .* has only 1000.0 B free"):
         write_cstar(block, torch.randn(50, 8), {"train": tokens}, tmp_path / "out", CstarParams(dtype="float16"), Checkpoint("generate_cstar", {}, root=tmp_path))
     assert not (tmp_path / "out").exists()
@@ -154,7 +155,7 @@ def test_non_finite_cstar_stops_and_names_the_stage_to_rerun(tmp_path):
 def test_generate_split_stops_when_its_output_disagrees_with_the_per_token_oracle(tmp_path, monkeypatch, fault):
     """Every shard's first and last documents are checked against naive_cstar as it is written: a generator
     that forgets the reset at a document start, or writes row i's C* at row i + 1, is caught."""
-    import ctxlm.cstar as cstar
+    import ctxlm.generation.cstar as cstar
 
     tokens = make_token_split(tmp_path, [7, 30, 12])
     block = make_block(torch.float32)

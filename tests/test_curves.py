@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctxlm.curves import CurveLogger, load_curve, metrics_dir
+from ctxlm.training.curves import CurveLogger, load_curve, metrics_dir
 
 HISTORY = [{"epoch": 1, "train_ppl": 300.25, "val_ppl": 410.0625},
            {"epoch": 2, "train_ppl": 210.5, "val_ppl": 350.125},

@@ -16,7 +16,7 @@ import torch
 
 from ctxlm import distributed
 from ctxlm.errors import CtxlmError
-from ctxlm.phase1 import process_rows
+from ctxlm.training.phase1 import process_rows
 
 JOBS = Path(__file__).with_name("distributed_jobs.py")
 ROOT = Path(__file__).parents[1]

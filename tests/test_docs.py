@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from ctxlm.experiments import FULL_SIZE_RESULTS, NEXT_FAMILY, SCALING_RESULTS
-from ctxlm.report import BEFORE_SAMPLING, RESULTS, write_report
+from ctxlm.results.experiments import FULL_SIZE_RESULTS, NEXT_FAMILY, SCALING_RESULTS
+from ctxlm.results.report import BEFORE_SAMPLING, RESULTS, write_report
 
 # README's result table: a column per model, read from that model's committed metrics file.
 MODEL_FILES = {"ctxlm": "metrics/eval.json", "LSTM": "metrics/baselines/lstm.json",
@@ -114,7 +114,7 @@ def test_readme_s_seed_intervals_are_the_committed_and_collected_runs():
     """README's 'ctxlm's test perplexity was M ± H and the LSTM's M ± H' (before the sampling change):
     mean and 95% interval of the committed run's figure then (docs/results/before_sampling.json) and
     those of docs/results/full_size.json's runs of that model made before the change."""
-    from ctxlm.report import mean_interval
+    from ctxlm.results.report import mean_interval
 
     readme = " ".join((REPO / "README.md").read_text().split())
     quoted = re.search(r"ctxlm's test perplexity was ([\d.]+) ± ([\d.]+) and the LSTM's ([\d.]+) ± ([\d.]+)", readme)

@@ -11,31 +11,40 @@ import yaml
 from conftest import REPO
 
 
+def module_file(module: str) -> Path | None:
+    """The source file of a ctxlm module or package (its __init__.py); None when `module` is no such file."""
+    path = REPO / module.replace(".", "/")
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
 def ctxlm_imports(path: Path) -> set[str]:
-    """The ctxlm modules a file imports, by module name."""
+    """The ctxlm modules a file imports, by module name (`from ctxlm.data import sources` imports
+    ctxlm.data.sources as well as ctxlm.data)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "ctxlm":  # from ctxlm import <module>
-            found |= {f"ctxlm.{alias.name}" for alias in node.names if (REPO / "ctxlm" / f"{alias.name}.py").is_file()}
-            found.add("ctxlm")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ctxlm":
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ctxlm":
             found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names if module_file(f"{node.module}.{alias.name}")}
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "ctxlm")
     return found
 
 
 def closure(path: Path) -> set[str]:
-    """Source files of every ctxlm module that importing `path` loads (ctxlm/__init__ always does)."""
+    """Source files of every ctxlm module that importing `path` loads: each imported module's
+    packages run first (ctxlm/__init__ always does)."""
     seen, todo = set(), {"ctxlm", *ctxlm_imports(path)}
     while todo:
         module = todo.pop()
-        file = REPO / (module.replace(".", "/") + ("/__init__.py" if module == "ctxlm" else ".py"))
-        if file.as_posix() in seen:
+        if module in seen:
             continue
-        seen.add(file.as_posix())
-        todo |= ctxlm_imports(file)
-    return {str(Path(f).relative_to(REPO)) for f in seen}
+        seen.add(module)
+        parts = module.split(".")
+        todo |= {".".join(parts[:i]) for i in range(1, len(parts))}
+        todo |= ctxlm_imports(module_file(module))
+    return {str(module_file(module).relative_to(REPO)) for module in seen}
 
 
 PIPELINES = ["dvc.yaml", "baselines/dvc.yaml"]  # ctxlm's, and the baselines' (run from the repository root: wdir ..)

@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ctxlm.embedding import load_embedding, load_token_counter, load_tokenizer, resolve_model_dir
+from ctxlm.data.embedding import load_embedding
+from ctxlm.data.tokenizer import load_token_counter, load_tokenizer, resolve_model_dir
 from ctxlm.errors import CtxlmError
 
 
@@ -67,7 +68,7 @@ def test_the_token_counter_counts_what_the_tokenizer_makes_of_the_whole_corpus()
     """prepare counts tokens with the `tokenizers` library alone, tokenize with transformers'
     AutoTokenizer: on every Shakespeare scene both give the same count (the default model's
     tokenizer.json cuts at 128 tokens unless the counter turns that off)."""
-    from ctxlm.sources import shakespeare_documents
+    from ctxlm.data.sources import shakespeare_documents
 
     texts = [scene["text"] for scene in shakespeare_documents([], [])]
     model_dir = resolve_model_dir("minilm")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ctxlm.head import head_loss, head_scores, product_operand
-from ctxlm.phase2 import score_batches
+from ctxlm.training.phase2 import score_batches
 
 CPU = torch.device("cpu")
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import make_block
-from ctxlm.baselines import build_baseline
-from ctxlm.cstar import cstar_into, naive_cstar
+from ctxlm.data.tokens import TokenizedSplit
 from ctxlm.errors import CtxlmError
-from ctxlm.inference import PAD, CtxlmStepper, LSTMStepper, Sampling, TransformerStepper, generate_ids, next_token, score_tokens, stream_text
+from ctxlm.evaluation.baselines import build_baseline
+from ctxlm.generation.cstar import cstar_into, naive_cstar
+from ctxlm.generation.inference import PAD, CtxlmStepper, LSTMStepper, Sampling, TransformerStepper, generate_ids, next_token, score_tokens, stream_text
 from ctxlm.model import TokenModel, input_features, token_windows
-from ctxlm.tokens import TokenizedSplit
 
 V = 50
 
@@ -177,7 +177,7 @@ def byte_level_tokenizer():
 
 
 def minilm_tokenizer():
-    from ctxlm.embedding import load_tokenizer, resolve_model_dir
+    from ctxlm.data.tokenizer import load_tokenizer, resolve_model_dir
 
     return load_tokenizer(resolve_model_dir("minilm"))
 
@@ -204,10 +204,11 @@ def workspace(tmp_path, monkeypatch):
     import shutil
 
     from conftest import REPO
-    from ctxlm.embedding import load_tokenizer, resolve_model_dir
+    from ctxlm.data.files import save_tokens, write_manifest
+    from ctxlm.data.shards import save_embedding
+    from ctxlm.data.tokenizer import load_tokenizer, resolve_model_dir
     from ctxlm.model import ModelConfig
-    from ctxlm.phase2 import trained_state
-    from ctxlm.shards import save_embedding, save_tokens, write_manifest
+    from ctxlm.training.phase2 import trained_state
     from ctxlm.weights import CONTEXT_WEIGHTS, TOKEN_WEIGHTS, save_weights
 
     monkeypatch.chdir(tmp_path)
@@ -247,7 +248,7 @@ def run_cli(*args: str):
 
 
 def test_an_export_loads_without_the_workspace_and_gives_the_same_text(workspace, tmp_path_factory):
-    from ctxlm.export import load_export, load_model
+    from ctxlm.generation.export import load_export, load_model
 
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     assert run_cli("export", str(elsewhere / "model")).exit_code == 0
@@ -377,7 +378,7 @@ def test_export_replaces_an_earlier_export_and_refuses_any_other_folder(workspac
 
 
 def test_score_input_is_cut_into_documents_as_data_source_cuts_a_corpus(tmp_path):
-    from ctxlm.inference import text_to_documents
+    from ctxlm.generation.inference import text_to_documents
 
     (tmp_path / "a.txt").write_text("first block\nstill first\n\n  \nsecond block")
     (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"messages": [{"content": "two"}, {"content": "three"}]}\n')

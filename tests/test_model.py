@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import make_block, make_config
-from ctxlm.cstar import naive_cstar
+from ctxlm.generation.cstar import naive_cstar
 from ctxlm.model import ContextBlock, ModelConfig, TokenBlock, TokenModel, input_features, token_block_widths, token_windows
 
 

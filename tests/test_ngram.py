@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ctxlm.ngram import KneserNeyTrigram, trigrams
+from ctxlm.evaluation.ngram import KneserNeyTrigram, trigrams
 
 
 def test_kneser_ney_by_hand():
@@ -73,7 +73,7 @@ def test_evaluate_is_the_mean_negative_log_probability_and_the_argmax_hit_rate()
 
 
 def test_groups_are_the_runs_of_equal_keys():
-    from ctxlm.ngram import _groups
+    from ctxlm.evaluation.ngram import _groups
 
     keys, rows = _groups(np.array([1, 1, 4, 7, 7, 7]), np.arange(6))
     assert keys.tolist() == [1, 4, 7] and [r.tolist() for r in rows] == [[0, 1], [2], [3, 4, 5]]

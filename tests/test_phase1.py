@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import make_block
-from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase1Params
 from ctxlm.errors import CtxlmError
-from ctxlm.phase1 import oacd_loss, previous_contexts, train_context_block
+from ctxlm.training.checkpoint import Checkpoint, code_digest
+from ctxlm.training.phase1 import oacd_loss, previous_contexts, train_context_block
 
 
 def test_oacd_loss_by_hand():
@@ -50,6 +50,29 @@ def test_phase1_resumes_from_a_checkpoint_to_the_uninterrupted_result(tmp_path, 
         assert torch.equal(block.state_dict()[key], value), key
 
 
+def test_the_code_digest_changes_with_any_source_file_of_the_package_and_its_subpackages(tmp_path, monkeypatch):
+    """A checkpoint from other code is not resumed: the digest covers every ctxlm source file, by its
+    path inside the package (a module moved to another subpackage is other code too)."""
+    import shutil
+    from pathlib import Path
+
+    import ctxlm
+
+    copy = tmp_path / "ctxlm"
+    shutil.copytree(Path(ctxlm.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(ctxlm, "__file__", str(copy / "__init__.py"))
+    before = code_digest()
+    assert code_digest() == before
+    phase2 = copy / "training" / "phase2.py"
+    original = phase2.read_text()
+    phase2.write_text(original + "# a change\n")
+    assert code_digest() != before
+    phase2.write_text(original)
+    assert code_digest() == before
+    (copy / "data" / "files.py").rename(copy / "evaluation" / "files.py")
+    assert code_digest() != before
+
+
 def test_phase1_trains_and_is_reproducible():
     x = torch.randn(100, 8)
     before = make_block(torch.float32, num_layers=2).state_dict()
@@ -77,8 +100,8 @@ def test_phase1_stops_on_nan_naming_the_param():
 def test_two_identical_trainings_save_byte_identical_weights(tmp_path):
     """Same seed, same data -> the same file: safetensors alone writes its metadata in a random
     order, and DVC would then see a changed output and rerun everything downstream."""
+    from ctxlm.data.files import write_manifest
     from ctxlm.weights import CONTEXT_WEIGHTS, load_context_blocks, save_weights
-    from ctxlm.shards import write_manifest
 
     x = torch.randn(100, 8)
     files = []
@@ -95,7 +118,7 @@ def test_two_identical_trainings_save_byte_identical_weights(tmp_path):
 
 
 def test_phase1_samples_whole_documents_up_to_its_token_budget():
-    from ctxlm.phase1 import document_rows, sample_documents
+    from ctxlm.training.phase1 import document_rows, sample_documents
 
     lengths = np.array([5, 3, 8, 2, 7, 4, 6, 1])
     offsets = np.concatenate([[0], np.cumsum(lengths)])

@@ -6,14 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import Dying, Killed, bf16_head_loss, make_block, make_token_split
-from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Params, Phase2Params
-from ctxlm.cstar import generate_split
+from ctxlm.data.files import TokenSplit, write_manifest
+from ctxlm.data.shards import CstarReader
+from ctxlm.generation.cstar import generate_split
 from ctxlm.model import TokenModel
-from ctxlm.phase2 import (SHUFFLE_BLOCK, SHUFFLE_ROWS, SplitData, block_shuffled_order, evaluate_split, previous_positions, train_token_model,
-                          training_loss)
 from ctxlm.runtime import configure_device
-from ctxlm.shards import CstarReader, TokenSplit, write_manifest
+from ctxlm.training.checkpoint import Checkpoint
+from ctxlm.training.phase2 import (SHUFFLE_BLOCK, SHUFFLE_ROWS, SplitData, block_shuffled_order, evaluate_split, previous_positions, train_token_model,
+                                   training_loss)
 
 CPU = torch.device("cpu")
 
@@ -68,7 +69,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
     monkeypatch.setenv("CTXLM_CHECKPOINT_SECONDS", "0")  # save after every step
     reference = train(tmp_path / "reference", seed=3)
     dying = Dying(training_loss, kill_at_step)
-    monkeypatch.setattr("ctxlm.phase2.training_loss", dying)
+    monkeypatch.setattr("ctxlm.training.phase2.training_loss", dying)
     with pytest.raises(Killed):
         train(tmp_path / "killed", seed=3, checkpoint=Checkpoint("train_token", {"test": 1}, root=tmp_path / "checkpoints"))
     dying.calls, dying.kill_at = 0, None  # count the resumed run's steps
@@ -154,7 +155,7 @@ def test_block_shuffled_order_is_a_seeded_permutation_read_group_by_group():
 
 def test_batches_follow_the_order(tmp_path, monkeypatch):
     _, _, train, _ = setup(tmp_path)
-    monkeypatch.setattr("ctxlm.phase2.LOAD_BYTES", 120 * train.cstar.row_bytes)  # 2 batches per read
+    monkeypatch.setattr("ctxlm.training.phase2.LOAD_BYTES", 120 * train.cstar.row_bytes)  # 2 batches per read
     order = np.random.default_rng(0).permutation(len(train))
     batches = list(train.batches(order, 50, torch.device("cpu")))
     assert [len(t) for _, _, t in batches] == [50, 50, 50, 50, 11]
@@ -205,7 +206,7 @@ def test_split_data_with_previous_contexts_reads_the_right_rows(tmp_path, monkey
         for j in range(1, 4):
             expected = plain.cstar.gather(np.array([i - j]))[0, -1] if i - j >= first else torch.zeros(contexts.shape[-1])
             assert torch.equal(contexts[row, L + j - 1], expected), (i, j)
-    monkeypatch.setattr("ctxlm.phase2.LOAD_BYTES", 20 * 4 * data.cstar.row_bytes)  # several reads
+    monkeypatch.setattr("ctxlm.training.phase2.LOAD_BYTES", 20 * 4 * data.cstar.row_bytes)  # several reads
     order = np.random.default_rng(0).permutation(len(data))
     batched = torch.cat([c for c, _, _ in data.batches(order, 7, torch.device("cpu"))])
     assert torch.equal(batched, data.batch(data.positions[order], torch.device("cpu"))[0])
@@ -237,7 +238,7 @@ def test_training_on_a_split_kept_on_the_device_equals_training_on_the_shards(tm
     which way it reads its splits."""
     kept = train(tmp_path / "kept", seed=3)
     assert "the training split: 0.0 MiB, kept on cpu" in capsys.readouterr().out
-    monkeypatch.setattr("ctxlm.phase2.resident_budget", lambda device: 0)  # no split fits: both are read from their shards
+    monkeypatch.setattr("ctxlm.training.phase2.resident_budget", lambda device: 0)  # no split fits: both are read from their shards
     streamed = train(tmp_path / "streamed", seed=3)
     assert "the training split: 0.0 MiB, read from its shards (over the 0 MiB kept whole on cpu)" in capsys.readouterr().out
     assert streamed.history == kept.history

@@ -18,10 +18,10 @@ import yaml
 import corpus_forms
 from conftest import ENV, TINY, ran_stages, sh, write_params
 from corpus_forms import FORMS
+from ctxlm.data.shards import CstarReader
 from ctxlm.model import ContextBlock
-from ctxlm.phase1 import block_seed
 from ctxlm.runtime import seed_everything
-from ctxlm.shards import CstarReader
+from ctxlm.training.phase1 import block_seed
 from ctxlm.weights import load_context_blocks
 
 CTXLM = {"prepare", "tokenize", "train_context", "generate_cstar", "train_token", "evaluate"}
@@ -226,7 +226,7 @@ def test_a_killed_repro_resumes_and_matches_an_uninterrupted_run(repo: Path):
 
 def scene_documents(count: int, lines: int) -> list[list[str]]:
     """The first `count` Shakespeare scenes, each cut to its first `lines` lines (no blank lines)."""
-    from ctxlm.sources import shakespeare_documents
+    from ctxlm.data.sources import shakespeare_documents
 
     texts = [scene["text"] for scene in shakespeare_documents([], [])[:count]]
     return [text.splitlines()[:lines] for text in texts]

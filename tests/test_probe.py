@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctxlm.metrics import earlier_tokens, linear_probe
+from ctxlm.evaluation.metrics import earlier_tokens, linear_probe
 
 VOCAB = 20
 
@@ -63,11 +63,11 @@ def test_the_probed_representations_are_the_ones_named():
     mean of up to 17 embeddings back within the document, by hand; "lstm" the LSTM's hidden state
     over the document from its start (both shorter than its 32-token windows)."""
     from conftest import make_block, make_config
-    from ctxlm.baselines import build_baseline
-    from ctxlm.cstar import naive_cstar
-    from ctxlm.inference import probe_features
+    from ctxlm.data.tokens import TokenizedSplit
+    from ctxlm.evaluation.baselines import build_baseline
+    from ctxlm.generation.cstar import naive_cstar
+    from ctxlm.generation.inference import probe_features
     from ctxlm.model import ContextBlocks, input_features
-    from ctxlm.tokens import TokenizedSplit
 
     rng = np.random.default_rng(2)
     offsets = np.array([0, 20, 27])
@@ -91,7 +91,7 @@ def test_the_probed_representations_are_the_ones_named():
 
 
 def test_the_report_tabulates_the_probe_and_says_where_each_falls_to_the_unigram_guess(tmp_path):
-    from ctxlm.report import probe_section
+    from ctxlm.results.report import probe_section
 
     def row(k, ctxlm, bag):
         return {"k": k, "coverage": 0.5, "unigram_accuracy": 0.1,
@@ -108,8 +108,8 @@ def test_the_report_tabulates_the_probe_and_says_where_each_falls_to_the_unigram
 def test_probe_memory_finds_the_first_k_a_representation_forgets():
     """Features holding t_i and t_(i-1) (one-hots plus noise): near-perfect at k = 0 and 1, at
     chance from k = 2, which is where it falls to within 2x of the unigram guess."""
-    from ctxlm.inference import PROBE_DEPTH, probe_memory
-    from ctxlm.tokens import TokenizedSplit
+    from ctxlm.data.tokens import TokenizedSplit
+    from ctxlm.generation.inference import PROBE_DEPTH, probe_memory
 
     def split(n, seed):
         rng = np.random.default_rng(seed)

@@ -9,9 +9,9 @@ import yaml
 
 from conftest import REPO, sh
 from ctxlm.errors import CtxlmError
-from ctxlm.experiments import (COMPARISONS, EXPERIMENTS, NEXT_FAMILY, SEEDS, experiment_commands, experiment_name, parse_experiment_name,
-                               run_seed_experiments)
-from ctxlm.report import comparison_table, mean_interval, paired_verdict
+from ctxlm.results.experiments import (COMPARISONS, EXPERIMENTS, NEXT_FAMILY, SEEDS, experiment_commands, experiment_name, parse_experiment_name,
+                                       run_seed_experiments)
+from ctxlm.results.report import comparison_table, mean_interval, paired_verdict
 
 TINY_SIZE = ["data.max_train_tokens=1500", "data.max_val_tokens=600", "data.max_test_tokens=600",
              "phase1.max_iterations=1", "phase2.epochs=1", "phase2.patience=1"]
@@ -171,7 +171,7 @@ def test_report_is_rebuilt_from_a_clone_and_experiments_travel_through_remotes(r
 
 
 def test_full_size_seeds_queue_the_other_seeds_of_each_model_by_name():
-    from ctxlm.experiments import full_size_commands, full_size_name, parse_full_size_name
+    from ctxlm.results.experiments import full_size_commands, full_size_name, parse_full_size_name
 
     commands = full_size_commands(["ctxlm", "lstm"], seeds=3, workspace_seed=0)
     assert all(c[:4] == ["dvc", "exp", "run", "--temp"] for c in commands)
@@ -185,7 +185,7 @@ def test_full_size_seeds_queue_the_other_seeds_of_each_model_by_name():
 
 
 def test_the_baseline_table_gives_ctxlm_and_the_lstm_over_their_seeds(tmp_path, monkeypatch):
-    from ctxlm.report import baseline_rows
+    from ctxlm.results.report import baseline_rows
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics/baselines").mkdir(parents=True)
@@ -208,7 +208,7 @@ def test_collect_full_size_keeps_each_finished_run_s_own_model_figures(tmp_path,
     """The runs come from `dvc exp show --json` (its shape: commits newest first, each with its
     experiments' revs); a failed run and runs of other names are left out, and of two
     runs of one name the newer commit's is kept."""
-    import ctxlm.report as report
+    import ctxlm.results.report as report
 
     def rev(name, metrics, error=None):
         return {"revs": [{"name": name, "rev": f"rev-{name}", "error": error, "data": {"metrics": metrics}}]}
@@ -233,7 +233,7 @@ def test_collect_full_size_keeps_each_finished_run_s_own_model_figures(tmp_path,
 def test_experiment_baselines_finds_experiments_of_any_commit_of_the_history(tmp_path, monkeypatch):
     """DVC keeps an experiment as refs/exps/<sha[:2]>/<sha[2:]>/<name>; its commit is found however far
     back it is, newest first, and a commit outside HEAD's history (another branch) is left out."""
-    import ctxlm.report as report
+    import ctxlm.results.report as report
 
     monkeypatch.chdir(tmp_path)
     sh(tmp_path, "git", "init", "-q", "-b", "main")
@@ -253,7 +253,7 @@ def test_experiment_baselines_finds_experiments_of_any_commit_of_the_history(tmp
 
 def test_the_rank_by_layer_plot_puts_each_layer_s_mean_over_seeds_at_its_layer(tmp_path, monkeypatch):
     """3 layers, 2 seeds: the point at x = l is the mean over the seeds of layer l's effective rank / d_c."""
-    from ctxlm import report
+    from ctxlm.results import report
 
     plotted = {}
     monkeypatch.setattr(report, "_save_single", lambda fig, ax, *args: plotted.update(
@@ -269,7 +269,7 @@ def test_the_rank_by_layer_plot_puts_each_layer_s_mean_over_seeds_at_its_layer(t
 def test_the_rank_by_layer_plot_orders_layers_by_number_not_as_text(tmp_path, monkeypatch):
     """12 layers stored with sorted keys (layer_1, layer_10, layer_11, layer_12, layer_2, ...): layer l
     whose rank is l is still plotted at x = l."""
-    from ctxlm import report
+    from ctxlm.results import report
 
     plotted = {}
     monkeypatch.setattr(report, "_save_single", lambda fig, ax, *args: plotted.update(
@@ -281,7 +281,7 @@ def test_the_rank_by_layer_plot_orders_layers_by_number_not_as_text(tmp_path, mo
 
 
 def test_the_sampling_change_puts_each_scaling_run_beside_its_run_before(tmp_path, monkeypatch):
-    from ctxlm.report import sampling_change_section
+    from ctxlm.results.report import sampling_change_section
 
     monkeypatch.chdir(tmp_path)  # no metrics files: the full-size table is empty
     before = {"commit": "abc", "sampling": "first documents", "metrics": {}, "superseded_runs": [],

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ctxlm.errors import CtxlmError
-from ctxlm.scaling import PowerLawFit, check_fit, crossings, doublings_outside, fit_power_law
+from ctxlm.results.scaling import PowerLawFit, check_fit, crossings, doublings_outside, fit_power_law
 
 SIZES = np.array([25e3, 50e3, 100e3, 250e3, 500e3])
 

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import REPO, TINY, sh
 from ctxlm.errors import CtxlmError
-from ctxlm.experiments import SCALING_MODELS, parse_scaling_name, run_scaling, scaling_commands, scaling_name
+from ctxlm.results.experiments import SCALING_MODELS, parse_scaling_name, run_scaling, scaling_commands, scaling_name
 
 
 def test_scaling_commands_set_each_size_and_model_smallest_first():
@@ -86,7 +86,7 @@ def test_a_run_of_older_pipeline_code_is_not_finished_work_and_collected_runs_re
     in dvc.yaml is run again, unless every such commit is listed as changing no figure; one recorded
     in the committed docs/results/scaling.json with the same params and the present code is skipped,
     refs or not (a fresh clone has none)."""
-    from ctxlm.experiments import RESULTS_PRESERVING, SCALING_RESULTS, params_with, scaling_switches
+    from ctxlm.results.experiments import RESULTS_PRESERVING, SCALING_RESULTS, params_with, scaling_switches
 
     (project / "stages").mkdir()
     (project / "stages/prepare.py").write_text("# version 1\n")
@@ -124,6 +124,41 @@ def test_a_run_of_older_pipeline_code_is_not_finished_work_and_collected_runs_re
     assert "1 of 4 runs already finished" in capsys.readouterr().out  # a change outside the pipelines' code keeps it
 
 
+
+def test_a_change_made_before_a_module_moved_still_makes_its_runs_stale(project, capsys):
+    """The code a run depends on is what the pipeline lists now and what it listed at the run's
+    commit: a change to a stage's program before it was renamed counts, though the rename itself is
+    listed as changing no figure."""
+    from ctxlm.results.experiments import RESULTS_PRESERVING, SCALING_RESULTS, params_with, scaling_switches
+
+    def commit(message: str) -> str:
+        sh(project, "git", "add", "-A")
+        sh(project, "git", "commit", "-q", "-m", message, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
+    def pipeline(program: str) -> None:
+        (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"prepare": {"cmd": f"python -m stages.{program}",
+                                                                                 "deps": [f"stages/{program}.py", "data/raw"]}}}))
+
+    (project / "stages").mkdir()
+    (project / "stages/prepare.py").write_text("# version 1\n")
+    pipeline("prepare")
+    first = commit("a pipeline")
+    expected = params_with(scaling_switches("ctxlm", 1000, {"data.max_val_tokens": "20000"})).model_dump()
+    SCALING_RESULTS.parent.mkdir(parents=True)
+    SCALING_RESULTS.write_text(json.dumps({scaling_name("ctxlm", 1000): {"commit": first, "params": expected}}))
+    (project / "stages/prepare.py").write_text("# version 2: another sampling\n")
+    changed = commit("new code")
+    sh(project, "git", "mv", "stages/prepare.py", "stages/sample.py")
+    pipeline("sample")
+    moved = commit("a rename")
+    RESULTS_PRESERVING.write_text(f"{moved[:12]} a rename only\n")
+    run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
+    assert "0 of 4 runs already finished" in capsys.readouterr().out  # the change to stages/prepare.py counts
+    RESULTS_PRESERVING.write_text(f"{moved[:12]} a rename only\n{changed[:12]} rerun: the same figures\n")
+    run_scaling(["ctxlm"], [1000, 2000, 3000, 4000], [], dry_run=True)
+    assert "1 of 4 runs already finished" in capsys.readouterr().out
+
 def known_runs(curves: dict[str, tuple[float, float, float]], sizes) -> dict[str, dict]:
     """Collected runs whose test PPL lies exactly on E + A n^-alpha for each model."""
     return {scaling_name(model, n): {"model": model, "size": n, "train_tokens": n, "commit": "c" * 40, "rev": "r", "seconds": 10.0,
@@ -132,7 +167,7 @@ def known_runs(curves: dict[str, tuple[float, float, float]], sizes) -> dict[str
 
 
 def test_the_report_section_fits_each_model_and_finds_where_the_curves_cross(tmp_path):
-    from ctxlm.report import scaling_section
+    from ctxlm.results.report import scaling_section
 
     sizes = [25_000, 50_000, 100_000, 250_000, 500_000]
     # same alpha: E1 + A1 n^-a = E2 + A2 n^-a at n = ((A1 - A2) / (E2 - E1))^(1/a) = (80000 / 50)^2 = 2.56M
@@ -150,7 +185,7 @@ def test_the_report_section_fits_each_model_and_finds_where_the_curves_cross(tmp
 
 
 def test_a_fit_held_at_a_bound_has_no_interval_there_and_its_crossings_say_so(tmp_path):
-    from ctxlm.report import scaling_section
+    from ctxlm.results.report import scaling_section
 
     sizes = [25_000, 50_000, 100_000, 250_000, 500_000]
     runs = known_runs({"ctxlm": (100.0, 1e5, 0.5), "kneser-ney": (-50.0, 1e5, 0.5)}, sizes)  # the best E >= 0 is 0
@@ -166,7 +201,7 @@ def test_the_report_gives_train_ppl_beside_test_ppl_and_checks_each_fit_on_its_l
     """ctxlm's largest size 20% under its curve: its check says not predictive, 25% over; the
     LSTM's on its curve (with scatter) is predictive. A crossing inside the measured sizes is no
     extrapolation."""
-    from ctxlm.report import scaling_section
+    from ctxlm.results.report import scaling_section
 
     sizes = [3_125, 6_250, 12_500, 25_000, 50_000, 100_000]
     runs = known_runs({"ctxlm": (100.0, 1e5, 0.5), "lstm": (200.0, 1e4, 0.5)}, sizes)
@@ -183,7 +218,7 @@ def test_the_report_gives_train_ppl_beside_test_ppl_and_checks_each_fit_on_its_l
 
 
 def test_a_model_with_too_few_points_is_reported_without_a_fit(tmp_path):
-    from ctxlm.report import scaling_section
+    from ctxlm.results.report import scaling_section
 
     runs = known_runs({"ctxlm": (100.0, 1e5, 0.5)}, [25_000, 50_000, 100_000])
     text = "\n".join(scaling_section(runs, tmp_path / "scaling.png"))
@@ -214,7 +249,7 @@ def test_scaling_runs_collects_and_reports_on_tiny_sizes(repo: Path):
             assert run["metrics"]["test_ppl"] == runs[name][SCALING_MODELS[model].metrics]["data"]["test_ppl"]
     tokens = [collected[scaling_name("kneser-ney", n)]["train_tokens"] for n in sizes]
     assert tokens == sorted(tokens) and len(set(tokens)) == 4  # each size its own training set
-    from ctxlm.report import scaling_section
+    from ctxlm.results.report import scaling_section
 
     section = "\n".join(scaling_section(collected, repo / "scaling.png"))
     for n, tokens_n in zip(sizes, tokens):  # the report's table holds each run's test PPL, then its train PPL
@@ -226,8 +261,8 @@ def test_scaling_runs_collects_and_reports_on_tiny_sizes(repo: Path):
 def test_each_scaling_run_keeps_its_checkpoints_outside_its_temporary_copy(tmp_path, capfd):
     """run_commands gives each experiment CTXLM_CHECKPOINTS=<checkpoints>/<its name>, and the stages'
     Checkpoint saves there: a run cut short finds them again when `ctxlm scaling` reruns it."""
-    from ctxlm.experiments import run_commands
+    from ctxlm.results.experiments import run_commands
 
-    show = "import ctxlm.checkpoint as c, os; print(c.Checkpoint('train_context', {}).folder)"
+    show = "import ctxlm.training.checkpoint as c, os; print(c.Checkpoint('train_context', {}).folder)"
     run_commands([[sys.executable, "-c", show, "-n", scaling_name("lstm", 800)]], False, "scale-", checkpoints=tmp_path / "runs")
     assert capfd.readouterr().out.splitlines()[1] == str(tmp_path / "runs" / scaling_name("lstm", 800) / "train_context")

@@ -11,15 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_block, make_config
-from ctxlm.baselines import IGNORE, SequenceData
 from ctxlm.config import Phase1Params
-from ctxlm.cstar import generate_split
-from ctxlm.metrics import count, effective_rank, split_figures
+from ctxlm.data.files import TokenSplit, save_tokens, write_manifest
+from ctxlm.data.shards import CstarReader
+from ctxlm.evaluation.baselines import IGNORE, SequenceData
+from ctxlm.evaluation.metrics import count, effective_rank, split_figures
+from ctxlm.evaluation.ngram import trigrams
+from ctxlm.generation.cstar import generate_split
 from ctxlm.model import ContextBlock, TokenModel, input_features, token_windows
-from ctxlm.ngram import trigrams
-from ctxlm.phase1 import oacd_loss, train_context_block
-from ctxlm.phase2 import SplitData, training_loss
-from ctxlm.shards import CstarReader, TokenSplit, save_tokens, write_manifest
+from ctxlm.training.phase1 import oacd_loss, train_context_block
+from ctxlm.training.phase2 import SplitData, training_loss
 
 CPU = torch.device("cpu")
 # Three documents of 4, 1 and 3 tokens, ids chosen by hand so that every target is visible.
@@ -249,8 +250,8 @@ def test_split_figures_by_hand():
 # ---- bits per byte: the text the predicted tokens cover, by hand
 
 def test_predicted_text_runs_from_the_end_of_the_first_token_to_the_end_of_the_last():
-    from ctxlm.embedding import load_tokenizer, resolve_model_dir
-    from ctxlm.tokens import tokenize_documents
+    from ctxlm.data.tokenizer import load_tokenizer, resolve_model_dir
+    from ctxlm.data.tokens import tokenize_documents
 
     tokenizer = load_tokenizer(resolve_model_dir("minilm"))
     texts = ["hello world foo", "ünïcode a", "one two three four"]
@@ -267,7 +268,7 @@ def test_predicted_text_runs_from_the_end_of_the_first_token_to_the_end_of_the_l
 
 def test_the_train_loss_is_measured_after_the_epoch_on_a_seeded_sample(tmp_path):
     from ctxlm.config import Phase2Params
-    from ctxlm.phase2 import evaluate_split, seeded_sample, train_token_model
+    from ctxlm.training.phase2 import evaluate_split, seeded_sample, train_token_model
 
     torch.manual_seed(0)
     block = make_block(embed_dim=16, vocab_size=60)
@@ -294,7 +295,7 @@ def test_the_train_loss_is_measured_after_the_epoch_on_a_seeded_sample(tmp_path)
 def test_a_non_finite_validation_loss_stops_with_a_clear_error():
     from ctxlm.config import Phase2Params
     from ctxlm.errors import CtxlmError
-    from ctxlm.phase2 import TrainingTask, train_epochs
+    from ctxlm.training.phase2 import TrainingTask, train_epochs
 
     model = torch.nn.Linear(2, 1)
     task = TrainingTask(examples=4, batch_examples=2, tokens=4, batches=lambda order, sizes: [torch.ones(2, 2)] * 2,
@@ -314,8 +315,8 @@ def test_evaluate_reports_the_final_layer_s_effective_rank_and_each_layer_s_in_o
     import yaml
 
     from conftest import REPO
+    from ctxlm.data.shards import save_embedding
     from ctxlm.model import ContextBlocks
-    from ctxlm.shards import save_embedding
     from ctxlm.weights import CONTEXT_WEIGHTS, TOKEN_WEIGHTS, context_state, save_weights
     from stages import evaluate
 

@@ -4,8 +4,9 @@ import re
 import numpy as np
 import pytest
 
+from ctxlm.data.files import atomic_dir, read_manifest, write_json_atomic, write_manifest
+from ctxlm.data.shards import CstarReader
 from ctxlm.errors import CtxlmError
-from ctxlm.shards import CstarReader, atomic_dir, read_manifest, write_json_atomic, write_manifest
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
@@ -87,7 +88,7 @@ def test_a_token_model_round_trips_with_e_saved_only_when_trained(tmp_path, free
 
     from conftest import make_config
     from ctxlm.model import TokenModel
-    from ctxlm.phase2 import trained_state
+    from ctxlm.training.phase2 import trained_state
     from ctxlm.weights import TOKEN_WEIGHTS, load_token_model, save_weights
 
     cfg = make_config()
@@ -108,7 +109,7 @@ def test_a_token_model_round_trips_with_e_saved_only_when_trained(tmp_path, free
 def test_a_tokens_folder_without_the_test_split_names_the_stage(tmp_path):
     import torch
 
-    from ctxlm.shards import load_token_folder, save_embedding
+    from ctxlm.data.shards import load_token_folder, save_embedding
 
     save_embedding(tmp_path, torch.zeros(3, 2))
     write_manifest(tmp_path, {"train": {}, "val": {}})
@@ -119,7 +120,8 @@ def test_a_tokens_folder_without_the_test_split_names_the_stage(tmp_path):
 def test_a_tokens_folder_loads_its_splits_and_embedding_and_names_its_stage(tmp_path):
     import torch
 
-    from ctxlm.shards import SPLITS, load_token_folder, save_embedding, save_tokens
+    from ctxlm.data.files import SPLITS, save_tokens
+    from ctxlm.data.shards import load_token_folder, save_embedding
     from ctxlm.weights import load_token_model
 
     embedding = torch.arange(6.0).reshape(3, 2)

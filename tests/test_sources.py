@@ -13,10 +13,10 @@ import pytest
 import corpus_forms
 from corpus_forms import FORMS, text_of
 from ctxlm.config import DataParams
-from ctxlm.embedding import load_token_counter, load_tokenizer, resolve_model_dir
+from ctxlm.data.sources import SMALL_CORPUS, iter_documents, load_documents, play_scenes, source_documents
+from ctxlm.data.tokenizer import load_token_counter, load_tokenizer, resolve_model_dir
+from ctxlm.data.tokens import MIX_TOLERANCE, chosen_documents, sample_documents
 from ctxlm.errors import CtxlmError
-from ctxlm.sources import SMALL_CORPUS, iter_documents, load_documents, play_scenes, source_documents
-from ctxlm.tokens import MIX_TOLERANCE, chosen_documents, sample_documents
 
 
 def load(source, **kw):
@@ -251,7 +251,7 @@ def draws(text: str, seed: int) -> tuple[float, int]:
 def test_a_large_corpus_is_split_by_each_documents_draw_in_any_order():
     """1,000 documents, 12.5% validation and 5% test: a document is val below 0.125, test below
     0.175, by its own draw, wherever it sits; reversed, the same documents get the same splits."""
-    from ctxlm.sources import split_documents
+    from ctxlm.data.sources import split_documents
 
     documents = [("g", f"d{i}", f"doc {i}") for i in range(1000)]
     docs = list(split_documents(iter(documents), 0.125, 0.05, seed=3))
@@ -268,7 +268,7 @@ def test_a_large_corpus_is_split_by_each_documents_draw_in_any_order():
 def test_a_small_corpus_holds_out_exact_counts_of_lowest_draw():
     """Under SMALL_CORPUS documents, ceil(fraction * n) each: 40 documents, 10% and 20% give the 4
     of lowest draw to validation, the next 8 to test."""
-    from ctxlm.sources import split_documents
+    from ctxlm.data.sources import split_documents
 
     texts = [f"doc {i}" for i in range(40)]
     ranked = sorted(texts, key=lambda text: draws(text, 7)[0])
@@ -280,7 +280,7 @@ def test_a_small_corpus_holds_out_exact_counts_of_lowest_draw():
 
 def test_held_out_count_rounds_before_its_ceiling():
     """0.07 * 100 is 7.000000000000001 in floats: its plain ceiling is 8, the held-out count 7."""
-    from ctxlm.sources import held_out_count
+    from ctxlm.data.sources import held_out_count
 
     assert math.ceil(0.07 * 100) == 8 and held_out_count(0.07, 100) == 7 and held_out_count(0.075, 100) == 8
 
@@ -343,7 +343,7 @@ def test_tokenize_writes_a_split_in_key_order_and_cuts_the_document_of_highest_k
     """prepare writes a split's documents in reading order with its highest key last; tokenize keeps
     the first `budget` tokens in that order (cutting that last one) and orders them by key: here the
     documents of 3, 2 and 4 words with keys 20, 10 and 30, a budget of 7: [10: 2, 20: 3, 30: first 2]."""
-    from ctxlm.tokens import SplitTokenizer
+    from ctxlm.data.tokens import SplitTokenizer
 
     tokenizer = load_tokenizer(resolve_model_dir("minilm"))
     split = SplitTokenizer(tokenizer, budget=7)
@@ -385,7 +385,7 @@ def test_the_mix_compares_each_split_with_the_region_by_hand():
 def two_book_folder(folder: Path, first: str, second: str) -> Path:
     """Two sources of different style as files named <book>_<nnn>.txt, sorted by book: 150 scenes
     of the comedies (cut to 1,500 characters) and 150 made-up ledger entries of numbers."""
-    from ctxlm.sources import shakespeare_documents
+    from ctxlm.data.sources import shakespeare_documents
 
     scenes = [scene["text"] for scene in shakespeare_documents([], [])]
     rng = random.Random(0)
@@ -462,7 +462,7 @@ def test_a_parquet_file_is_read_a_little_at_a_time(tmp_path, row_group_rows):
 def test_the_largest_gap_is_the_largest_in_size_whatever_its_sign():
     """Three groups: the split holds a 50%, b 45%, c 5% of its tokens, the region 40%, 30%, 30%:
     c's gap (-25 points) is the largest, ahead of b's +15 and a's +10."""
-    from ctxlm.tokens import Sample
+    from ctxlm.data.tokens import Sample
 
     rows = [{"group": g, "documents": 1, "tokens": t, "share": t / 100, "region_share": r} for g, t, r in [("a", 50, 0.4), ("b", 45, 0.3), ("c", 5, 0.3)]]
     sample = Sample(region=0, read_to_end=True, splits=["train"], split_of=np.zeros(0, np.int8), keys=np.zeros(0, np.uint64),
@@ -481,7 +481,7 @@ def test_a_split_whose_documents_fill_its_budget_exactly_takes_no_more():
 
 def test_a_small_corpus_that_leaves_no_training_document_is_refused_before_reading_on():
     """3 documents, 30% validation (ceil 0.9 = 1) and 60% test (ceil 1.8 = 2): none left for training."""
-    from ctxlm.sources import split_documents
+    from ctxlm.data.sources import split_documents
 
     with pytest.raises(CtxlmError, match="3 documents leave none for training after 1 validation and 2 test documents"):
         next(split_documents((("g", str(i), f"doc {i}") for i in range(3)), 0.3, 0.6, seed=0))
@@ -497,7 +497,7 @@ def test_the_shuffle_buffer_holds_its_size_and_yields_every_item_once():
     """A buffer of 3 over 0..29: the first item out is one of the first 3 in, for any seed; every item
     comes out once; and each of the first 4 can leave early (a slot the draws never reach would hold
     its item to the end)."""
-    from ctxlm.sources import shuffled
+    from ctxlm.data.sources import shuffled
 
     outs = [list(shuffled(range(30), random.Random(seed), size=3)) for seed in range(60)]
     assert all(sorted(out) == list(range(30)) for out in outs)

@@ -28,10 +28,11 @@ STATE = "state.pt"
 
 
 def code_digest() -> str:
-    """SHA-256 over ctxlm's source files: a checkpoint from other code is not resumed."""
+    """SHA-256 over ctxlm's source files, its subpackages' included: a checkpoint from other code is not resumed."""
     h = hashlib.sha256()
-    for path in sorted(Path(ctxlm.__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + path.read_bytes())
+    package = Path(ctxlm.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
     return h.hexdigest()
 
 

@@ -24,18 +24,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctxlm.cstar import cstar_into
+from ctxlm.data.files import doc_starts, has_next
+from ctxlm.data.tokens import TokenizedSplit
 from ctxlm.errors import CtxlmError
-from ctxlm.model import ContextBlock, ContextBlocks, TokenModel, input_features, token_windows
+from ctxlm.evaluation.metrics import earlier_tokens, linear_probe
+from ctxlm.generation.cstar import cstar_into
 from ctxlm.head import head_scores
-from ctxlm.metrics import earlier_tokens, linear_probe
-from ctxlm.phase2 import example_rows, score_batches, with_previous
+from ctxlm.model import ContextBlock, ContextBlocks, TokenModel, input_features, token_windows
 from ctxlm.runtime import one_thread
-from ctxlm.shards import doc_starts, has_next
-from ctxlm.tokens import TokenizedSplit
+from ctxlm.training.phase2 import example_rows, score_batches, with_previous
 
 if TYPE_CHECKING:
-    from ctxlm.baselines import BaselineLM
+    from ctxlm.evaluation.baselines import BaselineLM
 
 PAD = -1  # the id of a zero input (model.input_features)
 SCORE_BATCH = 4096  # positions per scoring batch: evaluate's, so that both sum the same batches
@@ -240,16 +240,16 @@ def score_tokens(block: ContextBlock | ContextBlocks, model: TokenModel, tokens:
 
 
 def text_to_documents(source: str, one_document: bool = False) -> list[str]:
-    """`ctxlm score`'s input -> documents, cut as `data.source` cuts a corpus (ctxlm.sources: a text
+    """`ctxlm score`'s input -> documents, cut as `data.source` cuts a corpus (ctxlm.data.sources: a text
     file at blank lines, a record file a record each, a folder a file each, ...); '-' reads standard
     input as a .txt file; with `one_document`, the documents joined by blank lines, as one."""
     import sys
     import tempfile
     from pathlib import Path
 
-    from ctxlm.sources import HF_PREFIX, source_documents
+    from ctxlm.data.sources import HF_PREFIX, source_documents
 
-    if source == "-":  # through a .txt file, so that ctxlm.sources alone decides where documents end
+    if source == "-":  # through a .txt file, so that ctxlm.data.sources alone decides where documents end
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "stdin.txt").write_text(sys.stdin.read(), encoding="utf-8")
             return text_to_documents(str(Path(folder) / "stdin.txt"), one_document)
@@ -318,7 +318,7 @@ def probe_features(docs: TokenizedSplit, trained: np.ndarray, control: ContextBl
                 "untrained": torch.from_numpy(untrained[positions].reshape(len(positions), -1)),
                 "bag": (embedded.sum(1) / (bag >= 0).sum(1, keepdim=True))[positions]}
     if lstm is not None:
-        from ctxlm.baselines import IGNORE, SequenceData
+        from ctxlm.evaluation.baselines import IGNORE, SequenceData
 
         data = SequenceData(docs, lstm.cfg.seq_len, stride=lstm.cfg.seq_len // 2)
         hidden = torch.zeros(n, embedding.shape[1])

@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctxlm.config import DataParams
+from ctxlm.data.files import SPLITS
 from ctxlm.errors import CtxlmError
-from ctxlm.shards import SPLITS
 
 if TYPE_CHECKING:
     import pandas as pd

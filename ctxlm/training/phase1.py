@@ -11,12 +11,13 @@ import numpy as np
 import torch
 
 from ctxlm import distributed
-from ctxlm.checkpoint import Checkpoint
+from ctxlm.cli import progress
 from ctxlm.config import Phase1Params
+from ctxlm.data.files import TokenSplit
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, ContextBlocks, ModelConfig, input_features, token_windows
-from ctxlm.runtime import adam, autocast, clip_gradients, progress, seed_everything
-from ctxlm.shards import TokenSplit
+from ctxlm.runtime import adam, autocast, clip_gradients, seed_everything
+from ctxlm.training.checkpoint import Checkpoint
 
 
 def oacd_loss(contexts: torch.Tensor, centroid_weight: float) -> torch.Tensor:

@@ -20,14 +20,14 @@ import torch
 from torch import nn
 
 from ctxlm import distributed
-from ctxlm.checkpoint import Checkpoint
 from ctxlm.config import Phase2Params
-from ctxlm.metrics import count
-from ctxlm.model import ContextBlocks, ModelConfig, TokenBlock, head_parameters, input_features, untied_head
+from ctxlm.data.files import TokenSplit
+from ctxlm.evaluation.metrics import count
 from ctxlm.head import head_loss, head_scores
-from ctxlm.phase2 import Phase2Result, TrainingTask, batch_bounds, score_batches, train_epochs
+from ctxlm.model import ContextBlocks, ModelConfig, TokenBlock, head_parameters, input_features, untied_head
 from ctxlm.runtime import autocast
-from ctxlm.shards import TokenSplit
+from ctxlm.training.checkpoint import Checkpoint
+from ctxlm.training.phase2 import Phase2Result, TrainingTask, batch_bounds, score_batches, train_epochs
 from ctxlm.weights import load_trained_state, load_weights
 
 KINDS = ("lstm", "transformer")

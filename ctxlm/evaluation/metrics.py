@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctxlm.shards import document_first
+from ctxlm.data.files import document_first
 
 
 def effective_rank(rows: torch.Tensor) -> float:

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctxlm.config import flatten_params
-from ctxlm.embedding import load_tokenizer, resolve_model_dir
+from ctxlm.data.files import atomic_dir, read_manifest
+from ctxlm.data.shards import load_token_folder
+from ctxlm.data.tokenizer import load_tokenizer, resolve_model_dir
 from ctxlm.errors import CtxlmError
-from ctxlm.inference import CtxlmStepper, LSTMStepper, Stepper, TransformerStepper
+from ctxlm.generation.inference import CtxlmStepper, LSTMStepper, Stepper, TransformerStepper
 from ctxlm.model import ContextBlock, ContextBlocks, TokenModel
-from ctxlm.shards import atomic_dir, load_token_folder, read_manifest
 from ctxlm.weights import CONTEXT_WEIGHTS, TOKEN_WEIGHTS, context_blocks_from, load_context_blocks, load_token_model, read_safetensors, token_model_from
 
 WORKSPACE_MODELS = ("ctxlm", "lstm", "transformer")  # --model names that read the DVC workspace
@@ -64,7 +65,7 @@ def _workspace_model(model: str) -> LoadedModel:
         block, _ = load_context_blocks(CONTEXT)
         token_model = load_token_model(TOKEN_MODEL, embedding).eval()
         return LoadedModel(tokenizer, CtxlmStepper(block, token_model), block, token_model)
-    from ctxlm.baselines import load_baseline  # imports transformers' GPT-2: only when asked for
+    from ctxlm.evaluation.baselines import load_baseline  # imports transformers' GPT-2: only when asked for
 
     folder = Path("data/baselines") / model
     if not (folder / "manifest.json").is_file():

@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from ctxlm import distributed
-from ctxlm.checkpoint import Checkpoint
+from ctxlm.cli import progress
 from ctxlm.config import CstarParams
+from ctxlm.data.files import TokenSplit, atomic_dir, doc_starts, sha256, write_manifest
+from ctxlm.data.shards import CSTAR_STORAGE, decode_cstar, encode_cstar
 from ctxlm.errors import CtxlmError
 from ctxlm.model import ContextBlock, ContextBlocks, input_features, token_windows
-from ctxlm.runtime import progress
-from ctxlm.shards import CSTAR_STORAGE, TokenSplit, atomic_dir, decode_cstar, doc_starts, encode_cstar, sha256, write_manifest
+from ctxlm.training.checkpoint import Checkpoint
 
 HOISTED_ROWS = 1 << 16  # token slots gathered per window of steps (bounds memory)
 # Below this many running documents a step is a few small kernels whose cost is thread start-up:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from ctxlm.cli import progress
 from ctxlm.errors import CtxlmError
-from ctxlm.runtime import progress
 
 
 @dataclass

@@ -13,14 +13,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ctxlm import distributed
-from ctxlm.checkpoint import Checkpoint
+from ctxlm.cli import progress
 from ctxlm.config import Phase2Params
-from ctxlm.cstar import document_windows, shard_ranges
+from ctxlm.data.files import TokenSplit, document_first
+from ctxlm.data.shards import CstarReader, decode_cstar, decode_rows, stored_tensor
 from ctxlm.errors import CtxlmError
+from ctxlm.generation.cstar import document_windows, shard_ranges
 from ctxlm.head import CHUNK, head_loss, head_scores
 from ctxlm.model import TokenModel
-from ctxlm.runtime import adam, autocast, clip_gradients, progress, release_free_memory, resolve_precision
-from ctxlm.shards import CstarReader, TokenSplit, decode_cstar, decode_rows, document_first, stored_tensor
+from ctxlm.runtime import adam, autocast, clip_gradients, release_free_memory, resolve_precision
+from ctxlm.training.checkpoint import Checkpoint
 from ctxlm.weights import load_trained_state
 
 

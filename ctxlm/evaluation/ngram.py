@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctxlm.shards import doc_starts, has_next
+from ctxlm.data.files import doc_starts, has_next
 
 
 class _Table:

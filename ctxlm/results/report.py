@@ -1,6 +1,6 @@
 """`ctxlm collect` and `ctxlm report`: docs/RESULTS.md and its plots, from committed records of real runs.
 
-`ctxlm collect` reads the seed experiments of ctxlm.experiments from DVC (`dvc exp show --json`,
+`ctxlm collect` reads the seed experiments of ctxlm.results.experiments from DVC (`dvc exp show --json`,
 their curves from the experiments' git commits) into docs/results/experiments.json, which is
 committed. `ctxlm report` reads only that file and the committed metrics files (ctxlm and the
 baselines at full size), so it remakes the same report in any clone. Every number in the report is
@@ -26,14 +26,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ctxlm.config import flatten_params  # noqa: E402
-from ctxlm.curves import BASELINE_CURVES, CURVES, load_curve, metrics_dir, read_curve  # noqa: E402
 from ctxlm.errors import CtxlmError  # noqa: E402
-from ctxlm.scaling import PowerLawFit, check_fit, crossings, doublings_outside, fit_power_law  # noqa: E402
-from ctxlm.experiments import (  # noqa: E402
+from ctxlm.results.experiments import (  # noqa: E402
     COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, PROBE_RESULTS, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
     SEED_FAMILY, Comparison, Family, Metric, experiment_params, experiment_refs, git, parse_experiment_name, parse_full_size_name, parse_scaling_name,
     pipeline_code, same_code,
 )
+from ctxlm.results.scaling import PowerLawFit, check_fit, crossings, doublings_outside, fit_power_law  # noqa: E402
+from ctxlm.training.curves import BASELINE_CURVES, CURVES, load_curve, metrics_dir, read_curve  # noqa: E402
 
 BASELINES = {"lstm": "LSTM", "transformer": "GPT-2-style Transformer", "kneser_ney": "Kneser-Ney trigram"}
 FULL_SIZE_METRICS = {"ctxlm": "metrics/eval.json", "lstm": "metrics/baselines/lstm.json"}  # each model's figures in a run

@@ -328,9 +328,9 @@ def params_with(switches: dict[str, str], path: Path = Path("params.yaml")):
 def training_tokens(params, up_to: int) -> int:
     """How many tokens the training split of `params`' corpus holds, counted up to `up_to` (the
     corpus is streamed, as `prepare` and `tokenize` stream it, and read no further than needed)."""
-    from ctxlm.embedding import load_tokenizer, resolve_model_dir
-    from ctxlm.sources import iter_documents
-    from ctxlm.tokens import SplitTokenizer
+    from ctxlm.data.sources import iter_documents
+    from ctxlm.data.tokenizer import load_tokenizer, resolve_model_dir
+    from ctxlm.data.tokens import SplitTokenizer
 
     tokens = SplitTokenizer(load_tokenizer(resolve_model_dir(params.embedding.model)), up_to)
     batch: list[str] = []
@@ -392,15 +392,25 @@ def run_scaling(models: list[str], sizes: list[int | str], overrides: list[str],
 PIPELINES = (Path("dvc.yaml"), Path("baselines/dvc.yaml"))
 
 
-def pipeline_code() -> list[str]:
-    """The files the pipelines' stages run: both dvc.yaml files and every dependency they list outside data/ and metrics/."""
+def pipeline_code(commit: str | None = None) -> list[str]:
+    """The files the pipelines' stages run, in the working tree or at `commit`: both dvc.yaml files and
+    every dependency they list outside data/ and metrics/."""
     import yaml
 
     paths = {path.as_posix() for path in PIPELINES}
-    for pipeline in (path for path in PIPELINES if path.is_file()):
-        for stage in yaml.safe_load(pipeline.read_text())["stages"].values():
+    for pipeline in PIPELINES:
+        text = pipeline_text(pipeline, commit)
+        for stage in (yaml.safe_load(text)["stages"].values() if text else []):
             paths.update(dep for dep in stage.get("do", stage).get("deps", []) if not dep.startswith(("data/", "metrics/")))
     return sorted(paths)
+
+
+def pipeline_text(pipeline: Path, commit: str | None) -> str | None:
+    """A dvc.yaml's text in the working tree or at `commit` (None where it does not exist)."""
+    if commit is None:
+        return pipeline.read_text() if pipeline.is_file() else None
+    shown = subprocess.run(["git", "show", f"{commit}:{pipeline.as_posix()}"], capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else None
 
 
 # Commits that changed the pipelines' code but no figure, one a line: "<sha> <how that was checked>".
@@ -421,6 +431,7 @@ def same_code(commit: str, code: list[str]) -> bool:
     older code, a different sampling of the corpus say, is not finished work)."""
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         return False
+    code = sorted({*code, *pipeline_code(commit)})  # a module moved since: changes to its old path count too
     if subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *code], capture_output=True).returncode == 0:
         return True
     changed = subprocess.run(["git", "log", "--format=%H", f"{commit}..HEAD", "--", *code], capture_output=True, text=True)
