@@ -135,6 +135,11 @@ def test_repro_then_experiment_reruns_only_what_changed(repo: Path):
         initial = ContextBlock(cfg)
         assert all(torch.equal(block.state_dict()[k], v) for k, v in initial.state_dict().items())
 
+    # back to the previous experiment's params: DVC's run cache restores every stage, figures included
+    back = sh(repo, "dvc", "exp", "run", "-S", f"phase1.max_iterations={TINY['phase1']['max_iterations']}")
+    assert ran_stages(back.stdout) == set() and back.stdout.count("is cached - skipping run") == 4
+    assert json.loads((repo / "metrics/eval.json").read_text()) == with_blocks
+
 
 def use_the_trained_models(repo: Path, metrics: dict) -> None:
     """ctxlm score on the test split's text gives evaluate's figures exactly; ctxlm, the LSTM and the
