@@ -53,3 +53,15 @@ def test_adam_and_clipping_step_as_torchs_per_parameter_loop():
                    lambda p, norm: torch.nn.utils.clip_grad_norm_(p, norm, foreach=False))
     assert all(torch.equal(a, b) for a, b in zip(ours, loop, strict=True))
     assert not torch.equal(ours[0], net[0].weight)  # it trained
+
+
+def test_only_the_first_process_shows_progress_bars(monkeypatch):
+    """Under torchrun (RANK set) every process but rank 0 keeps its bars off; alone, bars show."""
+    from ctxlm.cli import progress
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert not progress(range(3)).disable
+    monkeypatch.setenv("RANK", "1")
+    assert progress(range(3)).disable
+    monkeypatch.setenv("RANK", "0")
+    assert not progress(range(3)).disable
