@@ -96,6 +96,7 @@ def probe(
     from ctxlm.data.shards import CstarReader, decode_cstar, load_token_folder
     from ctxlm.generation.inference import PROBE_DEPTH, documents_of, probe_features, probe_memory, sampled_documents
     from ctxlm.model import ContextBlocks
+    from ctxlm.results.experiments import workspace_record
     from ctxlm.training.phase1 import initial_block
     from ctxlm.weights import load_context_blocks
 
@@ -116,7 +117,7 @@ def probe(
             docs, rows = documents_of(tokens.ids, tokens.offsets, sampled_documents(tokens.offsets, wanted, params.seed))
             trained = decode_cstar(CstarReader(Path(f"data/cstar/{split}")).read(rows)).numpy()
             sets[split] = (docs, probe_features(docs, trained, control, embedding, lstm))
-        result = probe_memory(*sets["train"], *sets["val"], classes, params.seed)
+        result = probe_memory(*sets["train"], *sets["val"], classes, params.seed) | {"workspace": workspace_record(params.model_dump())}
         write_json_atomic(out, result)
         names = [name for name in result["within_2x_of_unigram"]]
         print(f"{'k':>3} {'unigram':>8} " + " ".join(f"{name:>10}" for name in names))

@@ -103,6 +103,35 @@ def test_the_report_tabulates_the_probe_and_says_where_each_falls_to_the_unigram
     assert "| 1 | 50.0% | 0.100 | 0.600 (1.00 bits) | 0.300 (2.00 bits) |" in lines
     assert "Accuracy falls to within 2x of the unigram guess from k = ctxlm's C*: 3; mean of the last 17 embeddings: not by k = 16." in lines
     assert (tmp_path / "probe.png").stat().st_size > 0
+    probe["workspace"] = {"commit": "0123456789abcdef", "params_changed": {"model.num_layers": 2},
+                          "figures": {"phase1_convergence_rate": 0.5676, "lstm_test_ppl": 160.92}}
+    said = " ".join(probe_section(probe, tmp_path / "probe.png"))
+    assert ("It ran on the DVC workspace of commit `0123456789`, params.yaml as committed but model.num_layers=2 "
+            "(phase 1's convergence rate 0.568; the LSTM's test PPL 160.9). Accuracy, then bits, by k:") in said
+
+
+def test_a_workspace_record_names_its_commit_the_params_changed_and_the_figures_it_holds(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from conftest import REPO
+    from ctxlm.config import load_params
+    from ctxlm.results.experiments import workspace_record
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "params"]):
+        subprocess.run(["git", *command], check=True, capture_output=True)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["model"]["num_layers"] = params["model"]["num_layers"] + 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/eval.json").write_text('{"test_ppl": 248.4, "val_ppl": 260.0}')
+    record = workspace_record(load_params(tmp_path / "params.yaml").model_dump())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert record == {"commit": head, "params_changed": {"model.num_layers": params["model"]["num_layers"]}, "figures": {"ctxlm_test_ppl": 248.4}}
 
 
 def test_probe_memory_finds_the_first_k_a_representation_forgets():

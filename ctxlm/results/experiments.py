@@ -450,3 +450,24 @@ def experiment_params(commit: str, name: str) -> dict | None:
         return parse_params(yaml.safe_load(shown.stdout)).model_dump() if shown.returncode == 0 else None
     except CtxlmError:
         return None
+
+
+# The workspace's own figures a probe's record quotes: (file, key) for each.
+WORKSPACE_FIGURES = {"phase1_convergence_rate": ("metrics/train_context.json", "convergence_rate"),
+                     "ctxlm_test_ppl": ("metrics/eval.json", "test_ppl"),
+                     "lstm_test_ppl": ("metrics/baselines/lstm.json", "test_ppl")}
+
+
+def workspace_record(params: dict) -> dict:
+    """Where a stage-free command's figures (`ctxlm probe`'s) come from: the workspace's commit, the
+    params that differ from that commit's params.yaml (`params`: the workspace's, validated), and
+    the workspace's own figures that exist."""
+    import yaml
+
+    from ctxlm.config import flatten_params, parse_params
+
+    commit = git("rev-parse", "HEAD").strip()
+    committed = flatten_params(parse_params(yaml.safe_load(git("show", f"{commit}:params.yaml"))).model_dump())
+    figures = {name: json.loads(Path(file).read_text()).get(key) for name, (file, key) in WORKSPACE_FIGURES.items() if Path(file).is_file()}
+    return {"commit": commit, "params_changed": {key: value for key, value in flatten_params(params).items() if committed.get(key) != value},
+            "figures": figures}

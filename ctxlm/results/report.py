@@ -656,7 +656,7 @@ def probe_section(probe: dict, plot: Path) -> list[str]:
              f"early-stopped on a held-out tenth, starting from the unigram guess) is trained on {probe['train_positions']:,} "
              f"training positions to name t_(i-k) from the representation at position i, among the {probe['classes']:,} most "
              f"frequent training tokens, and scored on {probe['val_positions']:,} validation positions (positions whose t_(i-k) "
-             "is another token, or before the document, are left out: `coverage`). Accuracy, then bits, by k:", "",
+             "is another token, or before the document, are left out: `coverage`). " + probe_workspace(probe.get("workspace")) + "Accuracy, then bits, by k:", "",
              "| k | coverage | unigram guess | " + " | ".join(PROBED[n] for n in names) + " |",
              "|---:|---:|---:|" + "---:|" * len(names)]
     for k in (k for k in PROBE_TABLE_KS if k in rows):
@@ -673,6 +673,20 @@ def probe_section(probe: dict, plot: Path) -> list[str]:
     ax.plot(ks, [rows[k]["unigram_accuracy"] for k in ks], "k--", label="unigram guess", linewidth=1)
     _save_single(fig, ax, plot, "k: the token k positions back", "probe accuracy (validation)")
     return lines
+
+
+def probe_workspace(workspace: dict | None) -> str:
+    """The sentence saying which workspace a probe ran on (empty for a record that does not say)."""
+    if not workspace:
+        return ""
+    changed = workspace["params_changed"]
+    params = ("its params.yaml as committed" if not changed else
+              "params.yaml as committed but " + ", ".join(f"{key}={value}" for key, value in sorted(changed.items())))
+    names = {"phase1_convergence_rate": "phase 1's convergence rate", "ctxlm_test_ppl": "ctxlm's test PPL", "lstm_test_ppl": "the LSTM's test PPL"}
+    figures = [f"{names[name]} {value:.3f}" if name == "phase1_convergence_rate" else f"{names[name]} {value:.1f}"
+               for name, value in workspace["figures"].items() if value is not None]
+    return (f"It ran on the DVC workspace of commit `{workspace['commit'][:10]}`, {params}"
+            + (f" ({'; '.join(figures)})" if figures else "") + ". ")
 
 
 def _plot_scaling(points: dict[str, list[tuple[int, float]]], fits: dict, path: Path) -> None:
