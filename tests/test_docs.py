@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from ctxlm.results.experiments import FULL_SIZE_RESULTS, NEXT_FAMILY, SCALING_RESULTS
+from ctxlm.results.experiments import FULL_SIZE_RESULTS, NEXT_FAMILY, PROBE_RESULTS, SCALING_RESULTS
 from ctxlm.results.report import BEFORE_SAMPLING, RESULTS, write_report
 
 # README's result table: a column per model, read from that model's committed metrics file.
@@ -78,7 +78,7 @@ def test_results_md_is_what_the_committed_results_give(tmp_path, monkeypatch):
     assert committed.is_file() == (REPO / RESULTS).is_file(), "docs/RESULTS.md and its experiments file come together"
     if not committed.is_file():
         pytest.skip("no seed experiments collected yet (ctxlm seed-experiments, ctxlm collect, ctxlm report)")
-    for path in ("metrics", *(f.as_posix() for f in (RESULTS, FULL_SIZE_RESULTS, NEXT_FAMILY.results, SCALING_RESULTS, BEFORE_SAMPLING))):
+    for path in ("metrics", *(f.as_posix() for f in (RESULTS, FULL_SIZE_RESULTS, NEXT_FAMILY.results, SCALING_RESULTS, BEFORE_SAMPLING, PROBE_RESULTS))):
         if not (REPO / path).exists():
             continue
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)

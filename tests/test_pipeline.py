@@ -160,6 +160,9 @@ def use_the_trained_models(repo: Path, metrics: dict) -> None:
     sh(repo, sys.executable, "-m", "ctxlm", "probe", "--train-positions", "3000", "--val-positions", "1200", "--classes", "30", "--out", "probe.json")
     probe = json.loads((repo / "probe.json").read_text())
     assert [row["k"] for row in probe["by_k"]] == list(range(17)) and set(probe["within_2x_of_unigram"]) == {"ctxlm", "untrained", "bag", "lstm"}
+    assert probe["workspace"]["commit"] is None and probe["workspace"]["figures"] == {  # no commit yet; up to date: every figure quoted
+        "phase1_convergence_rate": json.loads((repo / "metrics/train_context.json").read_text())["convergence_rate"],
+        "ctxlm_test_ppl": metrics["test_ppl"], "lstm_test_ppl": json.loads((repo / "metrics/baselines/lstm.json").read_text())["test_ppl"]}
     now = probe["by_k"][0]  # C*_i and the LSTM's state are computed from t_i: they name it better than the most frequent token does
     assert now["ctxlm"]["accuracy"] > 1.3 * now["unigram_accuracy"] and now["lstm"]["accuracy"] > 0.9  # measured 0.28 vs 0.17; 1.0
     for scratch in ("test_split.txt", "scores.json", "probe.json"):

@@ -452,22 +452,32 @@ def experiment_params(commit: str, name: str) -> dict | None:
         return None
 
 
-# The workspace's own figures a probe's record quotes: (file, key) for each.
-WORKSPACE_FIGURES = {"phase1_convergence_rate": ("metrics/train_context.json", "convergence_rate"),
-                     "ctxlm_test_ppl": ("metrics/eval.json", "test_ppl"),
-                     "lstm_test_ppl": ("metrics/baselines/lstm.json", "test_ppl")}
+# The workspace's own figures a probe's record quotes: the stage that writes each, its file and key.
+WORKSPACE_FIGURES = {"phase1_convergence_rate": ("train_context", "metrics/train_context.json", "convergence_rate"),
+                     "ctxlm_test_ppl": ("evaluate", "metrics/eval.json", "test_ppl"),
+                     "lstm_test_ppl": ("baselines/dvc.yaml:baseline_neural@lstm", "metrics/baselines/lstm.json", "test_ppl")}
 
 
 def workspace_record(params: dict) -> dict:
     """Where a stage-free command's figures (`ctxlm probe`'s) come from: the workspace's commit, the
-    params that differ from that commit's params.yaml (`params`: the workspace's, validated), and
-    the workspace's own figures that exist."""
+    params that differ from that commit's params.yaml (`params`: the workspace's, validated; both
+    None before a first commit), and
+    the workspace's own figures, each only when `dvc status` finds its stage and every stage before
+    it up to date (a metrics file committed from an older run is not this workspace's figure)."""
+    import sys
+
     import yaml
 
     from ctxlm.config import flatten_params, parse_params
 
-    commit = git("rev-parse", "HEAD").strip()
-    committed = flatten_params(parse_params(yaml.safe_load(git("show", f"{commit}:params.yaml"))).model_dump())
-    figures = {name: json.loads(Path(file).read_text()).get(key) for name, (file, key) in WORKSPACE_FIGURES.items() if Path(file).is_file()}
-    return {"commit": commit, "params_changed": {key: value for key, value in flatten_params(params).items() if committed.get(key) != value},
-            "figures": figures}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    commit = head.stdout.strip() if head.returncode == 0 else None  # None: not in git, or no commit yet
+    shown = subprocess.run(["git", "show", f"{commit}:params.yaml"], capture_output=True, text=True) if commit else None
+    committed = flatten_params(parse_params(yaml.safe_load(shown.stdout)).model_dump()) if shown and shown.returncode == 0 else None
+    figures = {}
+    for name, (stage, file, key) in WORKSPACE_FIGURES.items():
+        status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", stage], capture_output=True, text=True)
+        if status.returncode == 0 and json.loads(status.stdout.strip() or "{}") == {} and Path(file).is_file():
+            figures[name] = json.loads(Path(file).read_text()).get(key)
+    changed = None if committed is None else {key: value for key, value in flatten_params(params).items() if committed.get(key) != value}
+    return {"commit": commit, "params_changed": changed, "figures": figures}

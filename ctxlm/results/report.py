@@ -680,12 +680,13 @@ def probe_workspace(workspace: dict | None) -> str:
     if not workspace:
         return ""
     changed = workspace["params_changed"]
-    params = ("its params.yaml as committed" if not changed else
+    params = ("params.yaml never committed" if changed is None else "its params.yaml as committed" if not changed else
               "params.yaml as committed but " + ", ".join(f"{key}={value}" for key, value in sorted(changed.items())))
     names = {"phase1_convergence_rate": "phase 1's convergence rate", "ctxlm_test_ppl": "ctxlm's test PPL", "lstm_test_ppl": "the LSTM's test PPL"}
     figures = [f"{names[name]} {value:.3f}" if name == "phase1_convergence_rate" else f"{names[name]} {value:.1f}"
                for name, value in workspace["figures"].items() if value is not None]
-    return (f"It ran on the DVC workspace of commit `{workspace['commit'][:10]}`, {params}"
+    where = f"of commit `{workspace['commit'][:10]}`" if workspace["commit"] else "without a commit"
+    return (f"It ran on the DVC workspace {where}, {params}"
             + (f" ({'; '.join(figures)})" if figures else "") + ". ")
 
 
