@@ -23,7 +23,7 @@ def stage_run(name: str, debug: bool, timing: bool = True):
     Under torchrun the body runs in each process, joined into one process group (ctxlm.distributed)."""
     start = time.perf_counter()
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # read here: this module must not import torch
-    where = f"{name} (process {os.environ.get('RANK', '0')} of {os.environ['WORLD_SIZE']})" if launched else name
+    where = f"{name} (process {process_rank()} of {os.environ['WORLD_SIZE']})" if launched else name
     try:
         if launched:
             from ctxlm import distributed

@@ -441,15 +441,21 @@ def same_code(commit: str, code: list[str]) -> bool:
 
 def experiment_params(commit: str, name: str) -> dict | None:
     """The validated params of the finished experiment `name` of baseline `commit` (None when unreadable)."""
+    try:
+        return params_at(f"refs/exps/{commit[:2]}/{commit[2:]}/{name}")
+    except CtxlmError:
+        return None
+
+
+def params_at(rev: str) -> dict | None:
+    """The validated params.yaml of git revision `rev`, as a dict; None when `rev` has none (a
+    CtxlmError when it is invalid)."""
     import yaml
 
     from ctxlm.config import parse_params
 
-    shown = subprocess.run(["git", "show", f"refs/exps/{commit[:2]}/{commit[2:]}/{name}:params.yaml"], capture_output=True, text=True)
-    try:
-        return parse_params(yaml.safe_load(shown.stdout)).model_dump() if shown.returncode == 0 else None
-    except CtxlmError:
-        return None
+    shown = subprocess.run(["git", "show", f"{rev}:params.yaml"], capture_output=True, text=True)
+    return parse_params(yaml.safe_load(shown.stdout)).model_dump() if shown.returncode == 0 else None
 
 
 # The workspace's own figures a probe's record quotes: the stage that writes each, its file and key.
@@ -466,14 +472,12 @@ def workspace_record(params: dict) -> dict:
     it up to date (a metrics file committed from an older run is not this workspace's figure)."""
     import sys
 
-    import yaml
-
-    from ctxlm.config import flatten_params, parse_params
+    from ctxlm.config import flatten_params
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     commit = head.stdout.strip() if head.returncode == 0 else None  # None: not in git, or no commit yet
-    shown = subprocess.run(["git", "show", f"{commit}:params.yaml"], capture_output=True, text=True) if commit else None
-    committed = flatten_params(parse_params(yaml.safe_load(shown.stdout)).model_dump()) if shown and shown.returncode == 0 else None
+    at_commit = params_at(commit) if commit else None
+    committed = None if at_commit is None else flatten_params(at_commit)
     figures = {}
     for name, (stage, file, key) in WORKSPACE_FIGURES.items():
         status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", stage], capture_output=True, text=True)
