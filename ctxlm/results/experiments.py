@@ -19,6 +19,7 @@ trigram and the LSTM at several training sizes, as experiments `scale-<model>-n<
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -327,24 +328,23 @@ def params_with(switches: dict[str, str], path: Path = Path("params.yaml")):
 
 def training_tokens(params, up_to: int) -> int:
     """How many tokens the training split of `params`' corpus holds, counted up to `up_to` (the
-    corpus is streamed, as `prepare` and `tokenize` stream it, and read no further than needed)."""
+    corpus is streamed, as `prepare` and `tokenize` stream it, and read no further than needed).
+    Counted as `prepare` counts, with the `tokenizers` library alone: no transformers to import."""
     from ctxlm.data.sources import iter_documents
-    from ctxlm.data.tokenizer import load_tokenizer, resolve_model_dir
-    from ctxlm.data.tokens import SplitTokenizer
+    from ctxlm.data.tokenizer import load_token_counter, resolve_model_dir
 
-    tokens = SplitTokenizer(load_tokenizer(resolve_model_dir(params.embedding.model)), up_to)
+    count_tokens = load_token_counter(resolve_model_dir(params.embedding.model))
+    counted = 0
     batch: list[str] = []
     for document in iter_documents(params.data, params.seed):
         if document["split"] == "train":
             batch.append(document["text"])
         if len(batch) == 256:
-            tokens.add(batch)
+            counted += sum(count_tokens(batch))
             batch = []
-            if tokens.full:
-                break
-    tokens.add(batch)
-    tokens.bar.close()
-    return int(tokens.offsets[-1])
+            if counted >= up_to:
+                return up_to
+    return min(up_to, counted + sum(count_tokens(batch)))
 
 
 def run_scaling(models: list[str], sizes: list[int | str], overrides: list[str], dry_run: bool = False) -> None:
@@ -395,6 +395,17 @@ PIPELINES = (Path("dvc.yaml"), Path("baselines/dvc.yaml"))
 def pipeline_code(commit: str | None = None) -> list[str]:
     """The files the pipelines' stages run, in the working tree or at `commit`: both dvc.yaml files and
     every dependency they list outside data/ and metrics/."""
+    return _listed_code(None) if commit is None else list(_listed_code_at(os.getcwd(), commit))
+
+
+@functools.cache
+def _listed_code_at(repository: str, commit: str) -> tuple[str, ...]:
+    """pipeline_code at a commit, read once per repository and commit (a commit never changes): the
+    stale-run check asks for the same few commits once per run."""
+    return tuple(_listed_code(commit))
+
+
+def _listed_code(commit: str | None) -> list[str]:
     import yaml
 
     paths = {path.as_posix() for path in PIPELINES}
