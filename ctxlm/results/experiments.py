@@ -469,10 +469,22 @@ def params_at(rev: str) -> dict | None:
     return parse_params(yaml.safe_load(shown.stdout)).model_dump() if shown.returncode == 0 else None
 
 
-# The workspace's own figures a probe's record quotes: the stage that writes each, its file and key.
-WORKSPACE_FIGURES = {"phase1_convergence_rate": ("train_context", "metrics/train_context.json", "convergence_rate"),
-                     "ctxlm_test_ppl": ("evaluate", "metrics/eval.json", "test_ppl"),
-                     "lstm_test_ppl": ("baselines/dvc.yaml:baseline_neural@lstm", "metrics/baselines/lstm.json", "test_ppl")}
+@dataclass(frozen=True)
+class WorkspaceFigure:
+    """One of the workspace's own figures a probe's record quotes: the stage that writes it, its file
+    and key, and how the report words and formats it."""
+    stage: str
+    file: str
+    key: str
+    label: str
+    format: str
+
+
+WORKSPACE_FIGURES = {
+    "phase1_convergence_rate": WorkspaceFigure("train_context", "metrics/train_context.json", "convergence_rate", "phase 1's convergence rate", ".3f"),
+    "ctxlm_test_ppl": WorkspaceFigure("evaluate", "metrics/eval.json", "test_ppl", "ctxlm's test PPL", ".1f"),
+    "lstm_test_ppl": WorkspaceFigure("baselines/dvc.yaml:baseline_neural@lstm", "metrics/baselines/lstm.json", "test_ppl", "the LSTM's test PPL", ".1f"),
+}
 
 
 def workspace_record(params: dict) -> dict:
@@ -490,9 +502,9 @@ def workspace_record(params: dict) -> dict:
     at_commit = params_at(commit) if commit else None
     committed = None if at_commit is None else flatten_params(at_commit)
     figures = {}
-    for name, (stage, file, key) in WORKSPACE_FIGURES.items():
-        status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", stage], capture_output=True, text=True)
-        if status.returncode == 0 and json.loads(status.stdout.strip() or "{}") == {} and Path(file).is_file():
-            figures[name] = json.loads(Path(file).read_text()).get(key)
+    for name, figure in WORKSPACE_FIGURES.items():
+        status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", figure.stage], capture_output=True, text=True)
+        if status.returncode == 0 and json.loads(status.stdout.strip() or "{}") == {} and Path(figure.file).is_file():
+            figures[name] = json.loads(Path(figure.file).read_text()).get(figure.key)
     changed = None if committed is None else {key: value for key, value in flatten_params(params).items() if committed.get(key) != value}
     return {"commit": commit, "params_changed": changed, "figures": figures}

@@ -29,7 +29,7 @@ from ctxlm.config import flatten_params  # noqa: E402
 from ctxlm.errors import CtxlmError  # noqa: E402
 from ctxlm.results.experiments import (  # noqa: E402
     COMPARISONS, EXPERIMENTS, FULL_PREFIX, FULL_SIZE_RESULTS, NEXT_FAMILY, PREFIX, PROBE_RESULTS, RESULTS, SCALING_MODELS, SCALING_PREFIX, SCALING_RESULTS,
-    SEED_FAMILY, Comparison, Family, Metric, experiment_params, experiment_refs, git, parse_experiment_name, parse_full_size_name, parse_scaling_name,
+    SEED_FAMILY, WORKSPACE_FIGURES, Comparison, Family, Metric, experiment_params, experiment_refs, git, parse_experiment_name, parse_full_size_name, parse_scaling_name,
     pipeline_code, same_code,
 )
 from ctxlm.results.scaling import PowerLawFit, check_fit, crossings, doublings_outside, fit_power_law  # noqa: E402
@@ -682,8 +682,7 @@ def probe_workspace(workspace: dict | None) -> str:
     changed = workspace["params_changed"]
     params = ("params.yaml never committed" if changed is None else "its params.yaml as committed" if not changed else
               "params.yaml as committed but " + ", ".join(f"{key}={value}" for key, value in sorted(changed.items())))
-    names = {"phase1_convergence_rate": "phase 1's convergence rate", "ctxlm_test_ppl": "ctxlm's test PPL", "lstm_test_ppl": "the LSTM's test PPL"}
-    figures = [f"{names[name]} {value:.3f}" if name == "phase1_convergence_rate" else f"{names[name]} {value:.1f}"
+    figures = [f"{WORKSPACE_FIGURES[name].label} {value:{WORKSPACE_FIGURES[name].format}}"
                for name, value in workspace["figures"].items() if value is not None]
     where = f"of commit `{workspace['commit'][:10]}`" if workspace["commit"] else "without a commit"
     return (f"It ran on the DVC workspace {where}, {params}"
