@@ -242,12 +242,11 @@ PROBE_RESULTS = Path("docs/results/probe.json")  # ctxlm probe: what C* remember
 SCALING_CHECKPOINTS = Path("data/checkpoints/scaling")  # each run's stage checkpoints, outside its temporary copy
 # A factor-2 ladder from 3,125 tokens to 800,000, then the whole training split, and a validation
 # split (early stopping only; every run scores the same whole test split) cut to 20,000 tokens:
-# validating 64k tokens after every epoch costs more than training at the smaller sizes. On a 2-core
-# AVX2 CPU a run of size n took about F + v*n seconds up to 50,000 tokens: ctxlm (frozen E) F 135 s,
-# v 0.0174 s/token (60 phase-1 iterations, 10 epochs); ctxlm (trained E, phase 1 and C* restored from
-# DVC's run cache) 251 s, 0.0054; the LSTM 90 s, 0.0091; Kneser-Ney about 20 s. Carried to the ten
-# sizes (2.62M tokens in all), that is about 13 h for ctxlm and 7 h for the LSTM, and 1.8 h for the
-# trained-E ctxlm up to 400,000: a set for several sessions, or a GPU.
+# validating 64k tokens after every epoch costs more than training at the smaller sizes. On the 2-core
+# Xeon (the seconds in docs/results/scaling.json) ctxlm (frozen E) took 1,880 s at 400,000 tokens and
+# 2,463 s at the whole split, the LSTM 511 s and about 1,100 s (6 epochs of 2.9 min; its recorded
+# 2,251 s include 19 min paused), Kneser-Ney 41 s at the whole split; a run sharing the machine with
+# another took up to 7x longer. The whole set takes hours there: a set for several sessions, or a GPU.
 WHOLE_SPLIT = "all"  # a size: every token of the training split
 SCALING_SIZES = (3_125, 6_250, 12_500, 25_000, 50_000, 100_000, 200_000, 400_000, 800_000, WHOLE_SPLIT)
 SCALING_SWITCHES = {"data.max_val_tokens": "20000"}
