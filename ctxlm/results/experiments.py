@@ -242,11 +242,8 @@ PROBE_RESULTS = Path("docs/results/probe.json")  # ctxlm probe: what C* remember
 SCALING_CHECKPOINTS = Path("data/checkpoints/scaling")  # each run's stage checkpoints, outside its temporary copy
 # A factor-2 ladder from 3,125 tokens to 800,000, then the whole training split, and a validation
 # split (early stopping only; every run scores the same whole test split) cut to 20,000 tokens:
-# validating 64k tokens after every epoch costs more than training at the smaller sizes. On the 2-core
-# Xeon (the seconds in docs/results/scaling.json) ctxlm (frozen E) took 1,880 s at 400,000 tokens and
-# 2,463 s at the whole split, the LSTM 511 s and about 1,100 s (6 epochs of 2.9 min; its recorded
-# 2,251 s include 19 min paused), Kneser-Ney 41 s at the whole split; a run sharing the machine with
-# another took up to 7x longer. The whole set takes hours there: a set for several sessions, or a GPU.
+# validating 64k tokens after every epoch costs more than training at the smaller sizes. The set takes
+# hours on a 2-core CPU (measured timings: docs/experiments.md): one for several sessions, or a GPU.
 WHOLE_SPLIT = "all"  # a size: every token of the training split
 SCALING_SIZES = (3_125, 6_250, 12_500, 25_000, 50_000, 100_000, 200_000, 400_000, 800_000, WHOLE_SPLIT)
 SCALING_SWITCHES = {"data.max_val_tokens": "20000"}
